@@ -1,0 +1,144 @@
+// urunc-bootfs: the command line. Parses, validates, and hands each verb to
+// its run_* function; exceptions stop here.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+
+#include "commands.h"
+
+#ifndef URUNC_BOOTFS_VERSION
+#define URUNC_BOOTFS_VERSION "0.0.0"
+#endif
+
+namespace ub = urunc::bootfs;
+namespace cli = urunc::bootfs::cli;
+
+namespace {
+
+constexpr const char* kDefaultAddress = "/run/containerd/containerd.sock";
+
+const char* kFooter = R"(Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found,
+4 containerd unavailable, 5 permission denied, 6 invalid input (image,
+path, urunc.json), 7 conflict (busy, already exists, wrong state).)";
+
+void add_containerd_flags(CLI::App* cmd, cli::ContainerdRequest& cd) {
+  cmd->add_option("--address", cd.address, "containerd socket")
+      ->envname("CONTAINERD_ADDRESS")
+      ->default_str(kDefaultAddress);
+  cmd->add_option("--namespace,-n", cd.ns, "containerd namespace (default: from the bundle path, else \"default\")")
+      ->envname("CONTAINERD_NAMESPACE");
+  cmd->add_option("--timeout", cd.timeout_ms, "deadline of each containerd call, in ms")
+      ->default_val(10000)
+      ->check(CLI::Range(100, 600000));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"urunc-bootfs: serve a container's boot artifacts (kernel, initrd, urunc.json)\n"
+               "read-only over FUSE, from a containerd view snapshot or a directory,\n"
+               "so the runtime never copies them.",
+               "urunc-bootfs"};
+  app.footer(kFooter);
+  app.set_version_flag("--version", std::string("urunc-bootfs ") + URUNC_BOOTFS_VERSION);
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+
+  // mount
+  cli::MountRequest mount;
+  cli::ContainerdRequest cd;
+  auto* mount_cmd = app.add_subcommand(
+      "mount",
+      "Mount the boot artifacts of a container (containerd) or a directory at MOUNTPOINT\n"
+      "(default <bundle>/boot). Returns once the filesystem answers; the daemon serves\n"
+      "in the background until `urunc-bootfs umount`.");
+  mount_cmd->add_option("mountpoint", mount.mountpoint, "where to mount (default: <bundle>/boot, created)");
+  mount_cmd->add_option("--bundle,-b", mount.bundle,
+                        "OCI bundle: its config.json annotations name the artifacts; under containerd\n"
+                        "its path (.../<namespace>/<id>) names the container");
+  mount_cmd->add_option("--source-dir", mount.source_dir,
+                        "serve from this already-mounted rootfs instead of containerd");
+  mount_cmd->add_option("--container,-c", cd.container, "containerd container id");
+  mount_cmd->add_option("--snapshot", cd.snapshot, "an active snapshot key (with --snapshotter)");
+  mount_cmd->add_option("--parent", cd.parent, "a committed snapshot key to view (with --snapshotter)");
+  mount_cmd->add_option("--snapshotter", cd.snapshotter, "snapshotter of --snapshot/--parent");
+  add_containerd_flags(mount_cmd, cd);
+  mount_cmd->add_option("--kernel", mount.kernel, "kernel path inside the image (overrides annotations)");
+  mount_cmd->add_option("--initrd", mount.initrd, "initrd path inside the image (with --kernel)");
+  mount_cmd->add_flag("--foreground,-f", mount.foreground, "serve in the foreground, log to stderr");
+  mount_cmd->add_flag("--debug", mount.debug, "log every FUSE request (implies --foreground)");
+  mount_cmd->add_option("--threads", mount.threads, "maximum FUSE worker threads")
+      ->default_val(4)
+      ->check(CLI::Range(1, 64));
+  mount_cmd->footer(kFooter);
+
+  // umount
+  cli::UmountRequest umount;
+  auto* umount_cmd = app.add_subcommand(
+      "umount",
+      "Unmount MOUNTPOINT, wait until its daemon released the view and lease and exited.\n"
+      "Also cleans a mountpoint whose daemon died.");
+  umount_cmd->add_option("mountpoint", umount.mountpoint, "the mountpoint")->required();
+  umount_cmd->add_flag("--lazy,-l", umount.lazy, "detach even if files are open (MNT_DETACH)");
+  umount_cmd->add_option("--timeout", umount.timeout_ms, "how long to wait for the daemon, in ms")
+      ->default_val(60000);
+  umount_cmd->footer(kFooter);
+
+  // status
+  std::string status_mountpoint;
+  bool status_json = false;
+  auto* status_cmd = app.add_subcommand(
+      "status", "Show what MOUNTPOINT serves: source, artifacts, daemon, counters.");
+  status_cmd->add_option("mountpoint", status_mountpoint, "the mountpoint")->required();
+  status_cmd->add_flag("--json", status_json, "machine-readable output");
+  status_cmd->footer(kFooter);
+
+  // list
+  bool list_json = false;
+  auto* list_cmd = app.add_subcommand("list", "List every urunc-bootfs mount on this host.");
+  list_cmd->add_flag("--json", list_json, "machine-readable output");
+  list_cmd->footer(kFooter);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "urunc-bootfs: %s (see --help)\n", e.what());
+    return ub::exit_codes::kUsage;
+  }
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("urunc-bootfs: %^%l%$: %v");
+
+  try {
+    if (mount_cmd->parsed()) {
+      if (mount.debug) mount.foreground = true;
+      const bool containerd = !cd.container.empty() || !cd.snapshot.empty() || !cd.parent.empty();
+      if (!mount.source_dir.empty() && containerd)
+        return cli::report(ub::make_error(ub::ErrorKind::usage,
+                                          "--source-dir cannot be combined with --container/--snapshot/--parent"));
+      if (mount.source_dir.empty()) {
+        if (!containerd && mount.bundle.empty())
+          return cli::report(ub::make_error(
+              ub::ErrorKind::usage, "give --source-dir, --container, --snapshot, --parent or --bundle"));
+        if (cd.address.empty()) cd.address = kDefaultAddress;
+        mount.containerd = cd;
+      }
+      return cli::run_mount(std::move(mount));
+    }
+    if (umount_cmd->parsed()) return cli::run_umount(umount);
+    if (status_cmd->parsed()) return cli::run_status(status_mountpoint, status_json);
+    if (list_cmd->parsed()) return cli::run_list(list_json);
+  } catch (const std::exception& e) {
+    return cli::report(ub::make_error(ub::ErrorKind::internal, e.what()));
+  }
+  return ub::exit_codes::kUsage;
+}

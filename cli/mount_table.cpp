@@ -1,0 +1,48 @@
+#include "mount_table.h"
+
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace urunc::bootfs::cli {
+namespace {
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape(const std::string& field) {
+  std::string out;
+  for (std::size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size()) {
+      const std::string oct = field.substr(i + 1, 3);
+      if (oct.size() == 3 && oct.find_first_not_of("01234567") == std::string::npos) {
+        out += static_cast<char>(std::stoi(oct, nullptr, 8));
+        i += 3;
+        continue;
+      }
+    }
+    out += field[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string> mounted_fstype(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::optional<std::string> found;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::vector<std::string> parts;
+    std::string part;
+    while (fields >> part) parts.push_back(part);
+    if (parts.size() < 7 || unescape(parts[4]) != path) continue;
+    for (std::size_t i = 6; i + 1 < parts.size(); ++i)
+      if (parts[i] == "-") {
+        found = parts[i + 1];  // the last mount at a path is the visible one
+        break;
+      }
+  }
+  return found;
+}
+
+}  // namespace urunc::bootfs::cli

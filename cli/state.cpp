@@ -1,0 +1,166 @@
+#include "state.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace urunc::bootfs::cli {
+namespace fsys = std::filesystem;
+
+fsys::path state_dir() {
+  if (const char* env = std::getenv("URUNC_BOOTFS_STATE_DIR"); env != nullptr && *env != '\0')
+    return env;
+  return "/run/urunc-bootfs";
+}
+
+std::string normalize_mountpoint(const std::string& path) {
+  fsys::path p = fsys::absolute(path).lexically_normal();
+  if (p.has_relative_path() && p.filename().empty()) p = p.parent_path();
+  std::error_code ec;
+  fsys::path parent = fsys::canonical(p.parent_path(), ec);
+  if (ec) return p.string();
+  return (parent / p.filename()).string();
+}
+
+fsys::path state_path(const std::string& mountpoint) {
+  // FNV-1a of the path: stable, short, and free of '/'.
+  std::uint64_t hash = 14695981039346656037ULL;
+  for (unsigned char c : mountpoint) {
+    hash ^= c;
+    hash *= 1099511628211ULL;
+  }
+  char name[32];
+  std::snprintf(name, sizeof name, "%016llx.json", static_cast<unsigned long long>(hash));
+  return state_dir() / "mounts" / name;
+}
+
+nlohmann::json to_json(const MountState& s) {
+  nlohmann::json artifacts = nlohmann::json::array();
+  for (const auto& a : s.artifacts)
+    artifacts.push_back({{"path", a.path}, {"role", a.role}, {"resolved", a.resolved},
+                         {"size", a.size}, {"mode", a.mode}});
+  nlohmann::json doc = {
+      {"version", 1},
+      {"mountpoint", s.mountpoint},
+      {"daemon", {{"boot_id", s.daemon.boot_id}, {"pid", s.daemon.pid},
+                  {"start_time", s.daemon.start_time}}},
+      {"source", s.source_kind},
+      {"origin", s.origin},
+      {"artifacts", artifacts},
+      {"mounted_at", s.mounted_at},
+      {"phase", s.phase},
+  };
+  if (!s.source_dir.empty()) doc["source_dir"] = s.source_dir;
+  if (!s.last_error.empty()) doc["last_error"] = s.last_error;
+  if (s.containerd) {
+    const auto& c = *s.containerd;
+    doc["containerd"] = {{"address", c.address}, {"namespace", c.ns},
+                         {"container", c.container}, {"snapshotter", c.snapshotter},
+                         {"parent", c.parent}, {"view", c.view_key},
+                         {"lease", c.lease_id}, {"view_mounts", c.view_mounts}};
+  }
+  return doc;
+}
+
+Result<MountState> state_from_json(const nlohmann::json& doc) {
+  try {
+    MountState s;
+    s.mountpoint = doc.at("mountpoint").get<std::string>();
+    const auto& d = doc.at("daemon");
+    s.daemon = {d.at("boot_id").get<std::string>(), d.at("pid").get<pid_t>(),
+                d.at("start_time").get<std::uint64_t>()};
+    s.source_kind = doc.at("source").get<std::string>();
+    s.source_dir = doc.value("source_dir", "");
+    s.origin = doc.value("origin", "");
+    s.mounted_at = doc.value("mounted_at", std::int64_t{0});
+    s.phase = doc.value("phase", "");
+    s.last_error = doc.value("last_error", "");
+    for (const auto& a : doc.value("artifacts", nlohmann::json::array()))
+      s.artifacts.push_back({a.at("path"), a.at("role"), a.value("resolved", ""),
+                             a.value("size", std::int64_t{0}), a.value("mode", 0u)});
+    if (doc.contains("containerd")) {
+      const auto& c = doc.at("containerd");
+      s.containerd = ContainerdState{c.at("address"), c.at("namespace"), c.at("container"),
+                                     c.at("snapshotter"), c.value("parent", ""),
+                                     c.value("view", ""), c.value("lease", ""),
+                                     c.value("view_mounts", std::vector<std::string>{})};
+    }
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    return std::unexpected(make_error(ErrorKind::invalid, std::string("bad state file: ") + e.what()));
+  }
+}
+
+Status save_state(const MountState& state) {
+  const fsys::path path = state_path(state.mountpoint);
+  std::error_code ec;
+  fsys::create_directories(path.parent_path(), ec);
+  if (ec)
+    return std::unexpected(make_error(ErrorKind::permission,
+                                      "cannot create " + path.parent_path().string() + ": " + ec.message()));
+  const fsys::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  const std::string text = to_json(state).dump(2) + "\n";
+  {
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return std::unexpected(errno_error(errno, "cannot write " + tmp.string()));
+    const ssize_t n = ::write(fd, text.data(), text.size());
+    const int err = errno;
+    ::close(fd);
+    if (n != static_cast<ssize_t>(text.size())) {
+      ::unlink(tmp.c_str());
+      return std::unexpected(errno_error(n < 0 ? err : EIO, "cannot write " + tmp.string()));
+    }
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return std::unexpected(errno_error(err, "cannot write " + path.string()));
+  }
+  return {};
+}
+
+namespace {
+
+Result<MountState> load_file(const fsys::path& path) {
+  std::ifstream in(path);
+  if (!in) return std::unexpected(errno_error(errno, "cannot read " + path.string()));
+  nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+  if (doc.is_discarded())
+    return std::unexpected(make_error(ErrorKind::invalid, path.string() + " is not JSON"));
+  return state_from_json(doc);
+}
+
+}  // namespace
+
+Result<std::optional<MountState>> load_state(const std::string& mountpoint) {
+  const fsys::path path = state_path(mountpoint);
+  if (!fsys::exists(path)) return std::nullopt;
+  auto state = load_file(path);
+  if (!state) return std::unexpected(std::move(state).error());
+  return std::optional<MountState>(std::move(*state));
+}
+
+Result<std::vector<MountState>> list_states() {
+  std::vector<MountState> out;
+  std::error_code ec;
+  const fsys::path dir = state_dir() / "mounts";
+  if (!fsys::exists(dir, ec)) return out;
+  for (const auto& entry : fsys::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".json") continue;
+    if (auto state = load_file(entry.path())) out.push_back(std::move(*state));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const MountState& a, const MountState& b) { return a.mountpoint < b.mountpoint; });
+  return out;
+}
+
+void remove_state(const std::string& mountpoint) {
+  std::error_code ec;
+  fsys::remove(state_path(mountpoint), ec);
+}
+
+}  // namespace urunc::bootfs::cli

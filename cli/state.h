@@ -1,0 +1,71 @@
+// Per-mount state files: what a mount is, so that `status`, `list`, `umount`
+// and `gc` can find and undo it even after its daemon died.
+//
+// One JSON file per mountpoint under the state directory (default
+// /run/urunc-bootfs, env URUNC_BOOTFS_STATE_DIR), written atomically
+// (temp + rename), mode 0600. The daemon writes it before mounting and
+// removes it only after everything it holds was released; a file whose
+// daemon is gone names what is left to undo.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "urunc_bootfs/error.h"
+#include "urunc_bootfs/process.h"
+
+namespace urunc::bootfs::cli {
+
+struct ArtifactState {
+  std::string path;
+  std::string role;
+  std::string resolved;
+  std::int64_t size = 0;
+  unsigned mode = 0;
+};
+
+struct ContainerdState {
+  std::string address;
+  std::string ns;
+  std::string container;
+  std::string snapshotter;
+  std::string parent;    // the committed snapshot the view is made from
+  std::string view_key;  // empty until the view exists
+  std::string lease_id;  // empty until the lease exists
+  std::vector<std::string> view_mounts;  // "type source options", for status
+};
+
+struct MountState {
+  std::string mountpoint;
+  ProcessId daemon;
+  std::string source_kind;  // "dir" or "containerd"
+  std::string source_dir;   // for "dir"
+  std::optional<ContainerdState> containerd;
+  std::string origin;  // where the artifact paths came from
+  std::vector<ArtifactState> artifacts;
+  std::int64_t mounted_at = 0;  // unix seconds
+  std::string phase;            // "starting", "serving", "releasing", "release-failed"
+  std::string last_error;       // when phase is release-failed
+};
+
+[[nodiscard]] std::filesystem::path state_dir();
+// The normalized absolute form of a mountpoint: its parent directory
+// canonicalized, its last component kept as given. Works on a mountpoint
+// whose daemon died (stat on it fails with ENOTCONN).
+[[nodiscard]] std::string normalize_mountpoint(const std::string& path);
+[[nodiscard]] std::filesystem::path state_path(const std::string& mountpoint);
+
+[[nodiscard]] Status save_state(const MountState& state);
+[[nodiscard]] Result<std::optional<MountState>> load_state(const std::string& mountpoint);
+[[nodiscard]] Result<std::vector<MountState>> list_states();
+void remove_state(const std::string& mountpoint);
+
+[[nodiscard]] nlohmann::json to_json(const MountState& state);
+[[nodiscard]] Result<MountState> state_from_json(const nlohmann::json& doc);
+
+}  // namespace urunc::bootfs::cli

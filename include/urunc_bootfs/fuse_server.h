@@ -1,0 +1,51 @@
+// The libfuse3 low-level adapter: mounts an ArtifactFs and serves it.
+//
+// This header includes no FUSE header; the session lives behind a pimpl.
+// Every callback unpacks its request, calls ArtifactFs, and replies exactly
+// once. Mount options are fixed: ro, nosuid, nodev, allow_other (the monitor
+// runs as the container's user), default_permissions (the kernel checks
+// modes, so no request needs a credential check here).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "urunc_bootfs/artifact_fs.h"
+#include "urunc_bootfs/error.h"
+
+namespace urunc::bootfs {
+
+struct FuseOptions {
+  std::string mountpoint;
+  std::string fsname = "urunc-bootfs";
+  unsigned max_threads = 4;
+  bool debug = false;
+  // Called once, from a session thread, when the kernel's INIT request has
+  // arrived: from then on the filesystem answers.
+  std::function<void()> on_init;
+};
+
+class FuseServer {
+ public:
+  // Creates the session and mounts it. Nothing is mounted on failure.
+  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> mount(ArtifactFs& fs,
+                                                                 FuseOptions options);
+  ~FuseServer();
+  FuseServer(const FuseServer&) = delete;
+  FuseServer& operator=(const FuseServer&) = delete;
+
+  // Serves until the filesystem is unmounted or SIGTERM/SIGINT/SIGHUP
+  // arrives, then unmounts (lazily, so a busy mount still goes).
+  Status run();
+  // Asks run() to return. Safe from any thread.
+  void stop();
+
+  struct Impl;
+
+ private:
+  explicit FuseServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace urunc::bootfs
