@@ -70,7 +70,9 @@ class ReadyChannel {
 bool is_mount_root(const std::string& path) {
   struct statx stx {};
   if (::statx(AT_FDCWD, path.c_str(), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &stx) != 0)
-    return errno == ENOTCONN;  // a dead FUSE mount is still a mount
+    // A FUSE mount whose daemon died is still a mount (kernels say ENOTCONN
+    // or, since the connection was aborted, ECONNABORTED).
+    return errno == ENOTCONN || errno == ECONNABORTED;
   return (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) != 0 &&
          (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
 }

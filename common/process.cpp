@@ -20,7 +20,15 @@ std::string boot_id() {
   return id;
 }
 
-std::optional<std::uint64_t> process_start_time(pid_t pid) {
+namespace {
+
+// Fields of /proc/PID/stat after "comm": state (3), ..., starttime (22).
+struct ProcStat {
+  char state = '?';
+  std::uint64_t start_time = 0;
+};
+
+std::optional<ProcStat> read_proc_stat(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   if (!std::getline(in, line)) return std::nullopt;
@@ -28,13 +36,21 @@ std::optional<std::uint64_t> process_start_time(pid_t pid) {
   const auto close = line.rfind(')');
   if (close == std::string::npos) return std::nullopt;
   std::istringstream rest(line.substr(close + 2));
+  ProcStat out;
+  if (!(rest >> out.state)) return std::nullopt;
   std::string field;
-  // Fields 3..21 precede starttime (22).
-  for (int i = 3; i < 22; ++i)
+  for (int i = 4; i < 22; ++i)
     if (!(rest >> field)) return std::nullopt;
-  std::uint64_t start = 0;
-  if (!(rest >> start)) return std::nullopt;
-  return start;
+  if (!(rest >> out.start_time)) return std::nullopt;
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::uint64_t> process_start_time(pid_t pid) {
+  auto stat = read_proc_stat(pid);
+  if (!stat) return std::nullopt;
+  return stat->start_time;
 }
 
 ProcessId self_process() {
@@ -44,8 +60,10 @@ ProcessId self_process() {
 
 bool process_alive(const ProcessId& id) {
   if (id.pid <= 0 || id.boot_id != boot_id()) return false;
-  const auto start = process_start_time(id.pid);
-  return start && *start == id.start_time;
+  // A zombie has exited: it holds no fd and serves nothing, even if its
+  // parent (often an init that does not reap) never collects it.
+  const auto stat = read_proc_stat(id.pid);
+  return stat && stat->start_time == id.start_time && stat->state != 'Z' && stat->state != 'X';
 }
 
 bool wait_process_exit(const ProcessId& id, std::chrono::milliseconds timeout) {

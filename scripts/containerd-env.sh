@@ -233,11 +233,14 @@ cmd_start() {
   local pid=$!
   printf '%s\n' "$pid" >"$dir/containerd.pid"
 
+  # On failure below, everything (btrfs mount, loop device, DIR) is undone
+  # with `stop`, after showing the end of the log.
   local deadline=$((SECONDS + START_TIMEOUT)) ok=0
   while ((SECONDS < deadline)); do
     if ! pid_alive "$pid"; then
       log "containerd (PID $pid) exited during start; last log lines:"
       tail -n 20 -- "$dir/containerd.log" >&2 || true
+      "${BASH_SOURCE[0]}" stop "$dir" >/dev/null 2>&1 || true
       exit 1
     fi
     if [[ -S $sock ]] && timeout 5 "$CTR_BIN" --address "$sock" version >/dev/null 2>&1; then
@@ -249,7 +252,7 @@ cmd_start() {
   if ((!ok)); then
     log "containerd (PID $pid) did not answer on $sock within ${START_TIMEOUT}s; last log lines:"
     tail -n 20 -- "$dir/containerd.log" >&2 || true
-    "$0" stop "$dir" >/dev/null 2>&1 || true
+    "${BASH_SOURCE[0]}" stop "$dir" >/dev/null 2>&1 || true
     exit 1
   fi
   pid_is_our_containerd "$pid" "$dir" ||

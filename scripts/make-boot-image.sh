@@ -121,7 +121,6 @@ fetch_kernel() {
   # unsandboxed.
   chmod 0755 -- "$dl"
   for pkg in "${cands[@]:0:4}"; do
-    log "downloading $pkg (apt-get download)"
     if out=$(cd -- "$dl" && timeout 600 apt-get download -qq "$pkg" 2>&1); then
       got=$pkg
       break
@@ -131,8 +130,10 @@ fetch_kernel() {
   done
   if [[ -z $got ]]; then
     rm -rf -- "$dl"
+    # One line only: test drivers show it as the skip reason.
     skip "apt-get download of ${cands[0]} and fallbacks failed: ${last_err:-no output}"
   fi
+  log "downloaded $got into the kernel cache $kdir"
   local deb
   deb=$(find "$dl" -maxdepth 1 -name '*.deb' | head -n1)
   # Only boot/vmlinuz-* is needed: extract that alone instead of dpkg -x

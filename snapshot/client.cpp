@@ -60,7 +60,9 @@ void fill_labels(const Labels& labels,
 }
 
 Mount to_mount(const containerd::types::Mount& pb) {
-  return Mount{pb.type(), pb.source(), pb.target(),
+  return Mount{pb.type(),
+               pb.source(),
+               pb.target(),
                {pb.options().begin(), pb.options().end()}};
 }
 
@@ -74,10 +76,14 @@ std::vector<Mount> to_mounts(
 
 Kind to_kind(pb_snapshots::Kind kind) {
   switch (kind) {
-    case pb_snapshots::VIEW: return Kind::view;
-    case pb_snapshots::ACTIVE: return Kind::active;
-    case pb_snapshots::COMMITTED: return Kind::committed;
-    default: return Kind::unknown;
+    case pb_snapshots::VIEW:
+      return Kind::view;
+    case pb_snapshots::ACTIVE:
+      return Kind::active;
+    case pb_snapshots::COMMITTED:
+      return Kind::committed;
+    default:
+      return Kind::unknown;
   }
 }
 
@@ -119,7 +125,7 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   // Waiting out the whole timeout for a socket that is not there helps no
   // one: say so at once.
   if (const std::string path = unix_socket_path(target); !path.empty()) {
-    struct stat st{};
+    struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
       const int err = errno;
       Error error = errno_error(
@@ -128,13 +134,12 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
       return std::unexpected(std::move(error));
     }
     if (!S_ISSOCK(st.st_mode)) {
-      return std::unexpected(make_error(
-          ErrorKind::unavailable, "containerd address " + path +
-                                      " is not a socket"));
+      return std::unexpected(
+          make_error(ErrorKind::unavailable,
+                     "containerd address " + path + " is not a socket"));
     }
     if (::access(path.c_str(), R_OK | W_OK) != 0) {
-      return std::unexpected(
-          errno_error(errno, "containerd socket " + path));
+      return std::unexpected(errno_error(errno, "containerd socket " + path));
     }
   }
 
@@ -164,16 +169,23 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
 
 Client::Client(std::shared_ptr<Connection> connection, std::string ns,
                std::chrono::milliseconds timeout)
-    : connection_(std::move(connection)), ns_(std::move(ns)), timeout_(timeout) {}
+    : connection_(std::move(connection)),
+      ns_(std::move(ns)),
+      timeout_(timeout) {}
 
 Client::~Client() = default;
 
 std::unique_ptr<Client> Client::with_namespace(std::string ns) const {
-  return std::unique_ptr<Client>(new Client(connection_, std::move(ns), timeout_));
+  return std::unique_ptr<Client>(
+      new Client(connection_, std::move(ns), timeout_));
 }
 
-const std::string& Client::ns() const { return ns_; }
-const std::string& Client::address() const { return connection_->address; }
+const std::string& Client::ns() const {
+  return ns_;
+}
+const std::string& Client::address() const {
+  return connection_->address;
+}
 
 namespace {
 
@@ -195,8 +207,7 @@ void prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout,
 Status need_namespace(std::string_view ns, std::string_view what) {
   if (!ns.empty()) return {};
   return std::unexpected(make_error(
-      ErrorKind::usage,
-      std::string(what) + ": no containerd namespace given"));
+      ErrorKind::usage, std::string(what) + ": no containerd namespace given"));
 }
 
 std::string in_ns(std::string_view ns) {
@@ -223,9 +234,9 @@ Result<ContainerInfo> Client::get_container(std::string_view id) {
       connection_->containers->Get(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   const auto& pb = response.container();
-  return ContainerInfo{pb.id(),          pb.image(),
-                       pb.runtime().name(), pb.snapshotter(),
-                       pb.snapshot_key(), to_labels(pb.labels())};
+  return ContainerInfo{
+      pb.id(),          pb.image(),        pb.runtime().name(),
+      pb.snapshotter(), pb.snapshot_key(), to_labels(pb.labels())};
 }
 
 Result<SnapshotInfo> Client::stat(std::string_view snapshotter,
@@ -238,7 +249,8 @@ Result<SnapshotInfo> Client::stat(std::string_view snapshotter,
   request.set_snapshotter(std::string(snapshotter));
   request.set_key(std::string(key));
   pb_snapshots::StatSnapshotResponse response;
-  const auto status = connection_->snapshots->Stat(&context, request, &response);
+  const auto status =
+      connection_->snapshots->Stat(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return to_info(response.info());
 }
@@ -260,7 +272,8 @@ Result<std::vector<Mount>> Client::view(std::string_view snapshotter,
   request.set_parent(std::string(parent));
   fill_labels(labels, request.mutable_labels());
   pb_snapshots::ViewSnapshotResponse response;
-  const auto status = connection_->snapshots->View(&context, request, &response);
+  const auto status =
+      connection_->snapshots->View(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return to_mounts(response.mounts());
 }
@@ -363,7 +376,8 @@ Result<std::vector<Lease>> Client::list_leases(
 }
 
 Result<std::vector<std::string>> Client::list_namespaces() {
-  const std::string what = "namespaces of containerd at " + connection_->address;
+  const std::string what =
+      "namespaces of containerd at " + connection_->address;
   grpc::ClientContext context;
   prepare(context, timeout_, {});
   pb_namespaces::ListNamespacesRequest request;

@@ -42,10 +42,12 @@ std::string fs_context_messages(int fs_fd) {
 }
 
 Error fs_error(int err, int fs_fd, std::string what) {
-  const int saved = err;
   std::string kernel_says = fs_context_messages(fs_fd);
-  Error error = errno_error(saved, std::move(what));
-  if (!kernel_says.empty()) error.message += " (kernel: " + kernel_says + ")";
+  Error error = errno_error(err, std::move(what));
+  // Some filesystems only log their reason (e.g. ext4's "Can't find ext4
+  // filesystem") instead of queueing it on the context.
+  error.message += kernel_says.empty() ? " (the kernel log may say why)"
+                                       : " (kernel: " + kernel_says + ")";
   return error;
 }
 
@@ -74,14 +76,14 @@ Result<UniqueFd> mount_bind(const MountPlan& plan) {
   if (!tree) {
     return std::unexpected(errno_error(errno, "open_tree " + plan.source));
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(tree.get(), &st) != 0) {
     return std::unexpected(errno_error(errno, "fstat " + plan.source));
   }
   if (!S_ISDIR(st.st_mode)) {
     return std::unexpected(make_error(
-        ErrorKind::invalid, "bind source " + plan.source + " is not a directory",
-        ENOTDIR));
+        ErrorKind::invalid,
+        "bind source " + plan.source + " is not a directory", ENOTDIR));
   }
   // The clone starts with the source's attributes (possibly rw); it only
   // becomes read-only here, before anyone can have opened a file through it.
@@ -95,7 +97,10 @@ Result<UniqueFd> mount_bind(const MountPlan& plan) {
   return tree;
 }
 
+// `source` is what the filesystem mounts (the loop device for an image).
 Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
+  const std::string on =
+      source == plan.source ? source : source + " (" + plan.source + ")";
   UniqueFd fs(::fsopen(plan.fstype.c_str(), FSOPEN_CLOEXEC));
   if (!fs) {
     if (errno == ENODEV) {
@@ -113,8 +118,9 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
       // ':' separates layers and '\' escapes; neither can come from a
       // containerd lowerdir= option, so refuse rather than escape.
       if (dir.find_first_of(":\\") != std::string::npos) {
-        return std::unexpected(make_error(
-            ErrorKind::invalid, "overlay lowerdir " + dir + " contains ':' or '\\'"));
+        return std::unexpected(
+            make_error(ErrorKind::invalid,
+                       "overlay lowerdir " + dir + " contains ':' or '\\'"));
       }
       if (!lowerdir.empty()) lowerdir += ':';
       lowerdir += dir;
@@ -133,12 +139,12 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
   UB_TRY(set_flag(fs.get(), plan, "ro"));
   if (::fsconfig(fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0) {
     return std::unexpected(fs_error(
-        errno, fs.get(), "create " + plan.fstype + " superblock on " + source));
+        errno, fs.get(), "create " + plan.fstype + " superblock on " + on));
   }
   UniqueFd mount(::fsmount(fs.get(), FSMOUNT_CLOEXEC, kViewAttrs));
   if (!mount) {
     return std::unexpected(
-        fs_error(errno, fs.get(), "fsmount " + plan.fstype + " on " + source));
+        fs_error(errno, fs.get(), "fsmount " + plan.fstype + " on " + on));
   }
   return mount;
 }
@@ -193,7 +199,7 @@ Result<LoopDevice> LoopDevice::configure(int ctl, int file,
 Result<LoopDevice> LoopDevice::attach(const std::string& image) {
   UniqueFd file(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
   if (!file) return std::unexpected(errno_error(errno, "open image " + image));
-  struct stat st{};
+  struct stat st {};
   if (::fstat(file.get(), &st) != 0) {
     return std::unexpected(errno_error(errno, "fstat " + image));
   }

@@ -15,9 +15,8 @@ using namespace std::string_view_literals;
 // mounter applies ro, nosuid, nodev and noexec to every view itself, and a
 // read-only mount never updates access times, so the atime family is moot.
 constexpr std::array kGenericOptions = {
-    "ro"sv,          "rw"sv,         "nosuid"sv,    "nodev"sv,
-    "noexec"sv,      "noatime"sv,    "relatime"sv,  "strictatime"sv,
-    "nodiratime"sv,  "lazytime"sv,
+    "ro"sv,      "rw"sv,       "nosuid"sv,      "nodev"sv,      "noexec"sv,
+    "noatime"sv, "relatime"sv, "strictatime"sv, "nodiratime"sv, "lazytime"sv,
 };
 
 // Propagation flags are meaningless for a mount that is attached nowhere.
@@ -29,8 +28,8 @@ constexpr std::array kPropagationOptions = {
 // Overlay parameters that only change how lower layers are looked up; none
 // of them can make the mount writable or reach outside the layers.
 constexpr std::array kOverlayKeyed = {
-    "index"sv, "redirect_dir"sv, "metacopy"sv, "xino"sv,
-    "nfs_export"sv, "uuid"sv, "verity"sv,
+    "index"sv,      "redirect_dir"sv, "metacopy"sv, "xino"sv,
+    "nfs_export"sv, "uuid"sv,         "verity"sv,
 };
 constexpr std::array kOverlayFlags = {"userxattr"sv, "volatile"sv};
 
@@ -40,18 +39,16 @@ struct BlockFs {
   std::span<const std::string_view> keyed;
 };
 
-constexpr std::array kExt4Flags = {"noload"sv, "norecovery"sv,
-                                   "user_xattr"sv, "acl"sv, "noacl"sv};
+constexpr std::array kExt4Flags = {"noload"sv, "norecovery"sv, "user_xattr"sv,
+                                   "acl"sv, "noacl"sv};
 constexpr std::array kXfsFlags = {"nouuid"sv, "norecovery"sv};
 constexpr std::array kBtrfsKeyed = {"subvolid"sv, "subvol"sv};
 constexpr std::array kErofsFlags = {"user_xattr"sv, "acl"sv, "noacl"sv};
 constexpr std::array<std::string_view, 0> kNone = {};
 
 constexpr std::array kBlockFilesystems = {
-    BlockFs{"ext4", kExt4Flags, kNone},
-    BlockFs{"xfs", kXfsFlags, kNone},
-    BlockFs{"btrfs", kNone, kBtrfsKeyed},
-    BlockFs{"erofs", kErofsFlags, kNone},
+    BlockFs{"ext4", kExt4Flags, kNone},   BlockFs{"xfs", kXfsFlags, kNone},
+    BlockFs{"btrfs", kNone, kBtrfsKeyed}, BlockFs{"erofs", kErofsFlags, kNone},
     BlockFs{"squashfs", kNone, kNone},
 };
 
@@ -79,16 +76,15 @@ std::string quoted(std::string_view s) {
 }
 
 Error unsupported_option(std::string_view option, std::string_view type) {
-  return make_error(ErrorKind::invalid, "unsupported option " +
-                                            quoted(option) +
+  return make_error(ErrorKind::invalid, "unsupported option " + quoted(option) +
                                             " for mount type " + quoted(type));
 }
 
 Status require_absolute(std::string_view what, std::string_view path) {
   if (path.empty() || path.front() != '/') {
     return std::unexpected(make_error(
-        ErrorKind::invalid, std::string(what) + " " + quoted(path) +
-                                " is not an absolute path"));
+        ErrorKind::invalid,
+        std::string(what) + " " + quoted(path) + " is not an absolute path"));
   }
   return {};
 }
@@ -189,8 +185,9 @@ Result<MountPlan> plan_block(const Mount& mount, const BlockFs& fs) {
         return std::unexpected(make_error(
             ErrorKind::invalid, "option " + quoted(option) + " has no value"));
       }
-      if (key == "subvolid" &&
-          !std::ranges::all_of(*value, [](char c) { return c >= '0' && c <= '9'; })) {
+      if (key == "subvolid" && !std::ranges::all_of(*value, [](char c) {
+            return c >= '0' && c <= '9';
+          })) {
         return std::unexpected(make_error(
             ErrorKind::invalid,
             "option " + quoted(option) + ": subvolid is not a number"));
@@ -200,10 +197,9 @@ Result<MountPlan> plan_block(const Mount& mount, const BlockFs& fs) {
     }
     return std::unexpected(unsupported_option(option, mount.type));
   }
-  UB_TRY(require_absolute(plan.form == MountPlan::Form::loop_image
-                              ? "image file"
-                              : "block device",
-                          mount.source));
+  UB_TRY(require_absolute(
+      plan.form == MountPlan::Form::loop_image ? "image file" : "block device",
+      mount.source));
   return plan;
 }
 
@@ -211,10 +207,14 @@ Result<MountPlan> plan_block(const Mount& mount, const BlockFs& fs) {
 
 const char* form_name(MountPlan::Form form) {
   switch (form) {
-    case MountPlan::Form::bind: return "bind";
-    case MountPlan::Form::overlay: return "overlay";
-    case MountPlan::Form::block: return "block";
-    case MountPlan::Form::loop_image: return "loop image";
+    case MountPlan::Form::bind:
+      return "bind";
+    case MountPlan::Form::overlay:
+      return "overlay";
+    case MountPlan::Form::block:
+      return "block";
+    case MountPlan::Form::loop_image:
+      return "loop image";
   }
   return "unknown";
 }

@@ -1,11 +1,11 @@
 // plan_mount(): every accepted form and every refusal, with its message.
+#include "urunc_bootfs/snapshot/mount_spec.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
 #include <utility>
 #include <vector>
-
-#include "urunc_bootfs/snapshot/mount_spec.h"
 
 namespace urunc::bootfs::snapshot {
 namespace {
@@ -30,7 +30,8 @@ std::string refused(const Mount& mount) {
 
 TEST(MountSpec, OverlayfsSingleLayerViewIsRoRbind) {
   // What containerd's overlayfs snapshotter returns for a 1-layer view.
-  const auto plan = ok({"bind", "/var/lib/c/snapshots/1/fs", "", {"ro", "rbind"}});
+  const auto plan =
+      ok({"bind", "/var/lib/c/snapshots/1/fs", "", {"ro", "rbind"}});
   EXPECT_EQ(plan.form, Form::bind);
   EXPECT_EQ(plan.source, "/var/lib/c/snapshots/1/fs");
   EXPECT_TRUE(plan.recursive);
@@ -47,8 +48,11 @@ TEST(MountSpec, BindFormsAndIgnoredOptions) {
   EXPECT_EQ(ok({"", "/a", "", {"bind"}}).form, Form::bind);
   EXPECT_EQ(ok({"ext4", "/a", "", {"bind"}}).form, Form::bind);
   // rw is overridden: a view is always mounted read-only.
-  const auto rw = ok({"bind", "/a", "", {"rw", "rbind", "nosuid", "nodev",
-                                          "noexec", "noatime", "rprivate"}});
+  const auto rw =
+      ok({"bind",
+          "/a",
+          "",
+          {"rw", "rbind", "nosuid", "nodev", "noexec", "noatime", "rprivate"}});
   EXPECT_TRUE(rw.read_only);
 }
 
@@ -64,8 +68,11 @@ TEST(MountSpec, BindRefusals) {
 }
 
 TEST(MountSpec, OverlayViewKeepsLayerOrderTopFirst) {
-  const auto plan = ok({"overlay", "overlay", "",
-                        {"index=off", "userxattr", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs"}});
+  const auto plan =
+      ok({"overlay",
+          "overlay",
+          "",
+          {"index=off", "userxattr", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs"}});
   EXPECT_EQ(plan.form, Form::overlay);
   EXPECT_EQ(plan.fstype, "overlay");
   EXPECT_EQ(plan.source, "overlay");
@@ -76,7 +83,9 @@ TEST(MountSpec, OverlayViewKeepsLayerOrderTopFirst) {
 }
 
 TEST(MountSpec, OverlayHarmlessParameters) {
-  const auto plan = ok({"overlay", "", "",
+  const auto plan = ok({"overlay",
+                        "",
+                        "",
                         {"ro", "lowerdir=/a:/b", "redirect_dir=follow",
                          "metacopy=on", "xino=off", "volatile", "noatime"}});
   EXPECT_EQ(plan.source, "overlay");
@@ -88,7 +97,9 @@ TEST(MountSpec, OverlayHarmlessParameters) {
 }
 
 TEST(MountSpec, OverlayRefusals) {
-  EXPECT_EQ(refused({"overlay", "overlay", "",
+  EXPECT_EQ(refused({"overlay",
+                     "overlay",
+                     "",
                      {"lowerdir=/a:/b", "upperdir=/u", "workdir=/w"}}),
             "overlay option \"upperdir=/u\": a view has no upperdir or workdir "
             "(is this an active snapshot?)");
@@ -111,8 +122,10 @@ TEST(MountSpec, OverlayRefusals) {
             "unsupported option \"userxattr=1\" for mount type \"overlay\"");
   EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a", "loop"}}),
             "unsupported option \"loop\" for mount type \"overlay\"");
-  EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a", "default_permissions"}}),
-            "unsupported option \"default_permissions\" for mount type \"overlay\"");
+  EXPECT_EQ(
+      refused(
+          {"overlay", "overlay", "", {"lowerdir=/a", "default_permissions"}}),
+      "unsupported option \"default_permissions\" for mount type \"overlay\"");
 }
 
 TEST(MountSpec, BtrfsViewOnDevice) {
@@ -147,7 +160,8 @@ TEST(MountSpec, LoopImage) {
   EXPECT_EQ(plan.fstype, "ext4");
   EXPECT_EQ(plan.source, "/var/lib/c/snapshots/5");
   EXPECT_TRUE(plan.fs_params.empty());
-  EXPECT_EQ(ok({"erofs", "/l.erofs", "", {"ro", "loop"}}).form, Form::loop_image);
+  EXPECT_EQ(ok({"erofs", "/l.erofs", "", {"ro", "loop"}}).form,
+            Form::loop_image);
   EXPECT_EQ(ok({"squashfs", "/l.sqfs", "", {"loop"}}).form, Form::loop_image);
 }
 

@@ -1,13 +1,12 @@
 // Owner labels: round trip, parse refusals, liveness, unique keys.
+#include "urunc_bootfs/snapshot/owner.h"
+
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <set>
 #include <string>
-
-#include "urunc_bootfs/snapshot/owner.h"
 
 namespace urunc::bootfs::snapshot {
 namespace {
@@ -34,9 +33,8 @@ TEST(Owner, CurrentOwnerRoundTripsAndIsAlive) {
 }
 
 TEST(Owner, ParseRefusals) {
-  for (const char* bad :
-       {"", "abc", "abc:1", ":1:2", "b:0:2", "b:-1:2", "b:x:2", "b:1:",
-        "b:1:2x", "b:1:-2", "b::2"}) {
+  for (const char* bad : {"", "abc", "abc:1", ":1:2", "b:0:2", "b:-1:2",
+                          "b:x:2", "b:1:", "b:1:2x", "b:1:-2", "b::2"}) {
     const auto parsed = parse_owner(bad);
     EXPECT_FALSE(parsed) << bad;
     if (!parsed) {

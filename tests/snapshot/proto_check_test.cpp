@@ -255,7 +255,9 @@ class Parser {
   ProtoFile file_;
 };
 
-ProtoFile parse_text(const std::string& text) { return Parser(text).parse(); }
+ProtoFile parse_text(const std::string& text) {
+  return Parser(text).parse();
+}
 
 std::optional<std::string> read_text(const fs::path& path) {
   std::ifstream in(path);
@@ -287,8 +289,8 @@ std::vector<std::string> compare(const ProtoFile& ours, const ProtoFile& real) {
       const Field& r = real_field->second;
       if (field.number != r.number) {
         problems.push_back("field " + where + " number " +
-                           std::to_string(field.number) + " != " +
-                           std::to_string(r.number));
+                           std::to_string(field.number) +
+                           " != " + std::to_string(r.number));
       }
       if (field.type != r.type) {
         problems.push_back("field " + where + " type " + field.type +
@@ -313,8 +315,8 @@ std::vector<std::string> compare(const ProtoFile& ours, const ProtoFile& real) {
                            " not in containerd");
       } else if (real_value->second != number) {
         problems.push_back("enum value " + name + "." + value + " = " +
-                           std::to_string(number) + " != " +
-                           std::to_string(real_value->second));
+                           std::to_string(number) +
+                           " != " + std::to_string(real_value->second));
       }
     }
   }
@@ -328,10 +330,9 @@ std::vector<std::string> compare(const ProtoFile& ours, const ProtoFile& real) {
     if (rpc.request != r.request || rpc.response != r.response ||
         rpc.client_stream != r.client_stream ||
         rpc.server_stream != r.server_stream) {
-      problems.push_back("rpc " + name + " signature differs: (" +
-                         rpc.request + ") -> (" +
-                         (rpc.server_stream ? "stream " : "") + rpc.response +
-                         ") vs (" + r.request + ") -> (" +
+      problems.push_back("rpc " + name + " signature differs: (" + rpc.request +
+                         ") -> (" + (rpc.server_stream ? "stream " : "") +
+                         rpc.response + ") vs (" + r.request + ") -> (" +
                          (r.server_stream ? "stream " : "") + r.response + ")");
     }
   }

@@ -1,8 +1,8 @@
 // grpc_error(): the one gRPC status -> project error mapping.
+#include "urunc_bootfs/snapshot/status_map.h"
+
 #include <grpcpp/support/status_code_enum.h>
 #include <gtest/gtest.h>
-
-#include "urunc_bootfs/snapshot/status_map.h"
 
 namespace urunc::bootfs::snapshot {
 namespace {
@@ -45,8 +45,7 @@ TEST(StatusMap, MessageNamesTheObjectAndKeepsTheServerMessage) {
 TEST(StatusMap, EmptyServerMessageIsSaidSo) {
   const Error error =
       grpc_error(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "", "lease");
-  EXPECT_EQ(error.message,
-            "lease: containerd gave no message (UNAVAILABLE)");
+  EXPECT_EQ(error.message, "lease: containerd gave no message (UNAVAILABLE)");
 }
 
 TEST(StatusMap, CodeNames) {

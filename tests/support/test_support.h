@@ -25,16 +25,17 @@ struct RunResult {
   // Exit status of the child; 128+N if it died of signal N; 127 if it could
   // not be executed (the reason is in `err`).
   int exit_code = -1;
-  std::string out;  // everything the child wrote to stdout
-  std::string err;  // everything the child wrote to stderr
+  std::string out;         // everything the child wrote to stdout
+  std::string err;         // everything the child wrote to stderr
   bool timed_out = false;  // the timeout expired and the child was killed
 
-  bool ok() const { return exit_code == 0 && !timed_out; }
+  [[nodiscard]] bool ok() const { return exit_code == 0 && !timed_out; }
   // "exit 3: <stderr>"-style one-liner for assertion messages.
-  std::string describe() const;
+  [[nodiscard]] std::string describe() const;
 };
 
-inline constexpr std::chrono::milliseconds kDefaultRunTimeout{std::chrono::seconds{120}};
+inline constexpr std::chrono::milliseconds kDefaultRunTimeout{
+    std::chrono::seconds{120}};
 
 // fork + execvp(argv[0], argv) with no shell. stdin_data is written to the
 // child's stdin (then closed); stdout and stderr are collected. The child is
@@ -42,7 +43,8 @@ inline constexpr std::chrono::milliseconds kDefaultRunTimeout{std::chrono::secon
 // SIGKILLed by its PID (and that group, i.e. only processes it started that
 // stayed in it). Daemons a child detaches (setsid, own stdio) are not waited
 // for. Throws std::runtime_error only if argv is empty or pipes/fork fail.
-RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data = {},
+RunResult run(const std::vector<std::string>& argv,
+              std::string_view stdin_data = {},
               std::chrono::milliseconds timeout = kDefaultRunTimeout);
 
 // True if `name` is found as an executable (absolute path, or on $PATH).
@@ -76,11 +78,14 @@ class TempDir {
   TempDir(TempDir&& other) noexcept;
   TempDir& operator=(TempDir&& other) noexcept;
 
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(std::string_view child) const { return path_ / child; }
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+  [[nodiscard]] std::filesystem::path operator/(std::string_view child) const {
+    return path_ / child;
+  }
   // Unmount beneath and remove now (idempotent).
   void cleanup() noexcept;
-  // Keep the directory (for post-mortem debugging); the destructor does nothing.
+  // Keep the directory (for post-mortem debugging); the destructor does
+  // nothing.
   std::filesystem::path release() noexcept;
 
  private:
@@ -98,7 +103,8 @@ int unmount_beneath(const std::filesystem::path& dir) noexcept;
 class PrivateContainerd {
  public:
   struct Options {
-    bool btrfs = false;  // also make a btrfs loop filesystem for the btrfs snapshotter
+    bool btrfs =
+        false;  // also make a btrfs loop filesystem for the btrfs snapshotter
     std::chrono::milliseconds start_timeout{std::chrono::seconds{60}};
   };
 
@@ -108,33 +114,38 @@ class PrivateContainerd {
 
   PrivateContainerd();  // Options{}
   explicit PrivateContainerd(Options opts);
-  explicit PrivateContainerd(bool btrfs) : PrivateContainerd(Options{.btrfs = btrfs}) {}
+  explicit PrivateContainerd(bool btrfs)
+      : PrivateContainerd(Options{.btrfs = btrfs}) {}
   ~PrivateContainerd();
   PrivateContainerd(const PrivateContainerd&) = delete;
   PrivateContainerd& operator=(const PrivateContainerd&) = delete;
 
   // Socket path, e.g. /tmp/urunc-bootfs-containerd.XXXXXX/ctrd/containerd.sock
-  const std::string& socket() const { return socket_; }
+  [[nodiscard]] const std::string& socket() const { return socket_; }
   // gRPC target form: "unix://" + socket()
-  std::string grpc_address() const { return "unix://" + socket_; }
+  [[nodiscard]] std::string grpc_address() const { return "unix://" + socket_; }
   // The containerd-env.sh DIR (config.toml, root, state, log, ...).
-  const std::filesystem::path& dir() const { return dir_; }
-  pid_t pid() const { return pid_; }
-  bool btrfs() const { return opts_.btrfs; }
-  bool running() const;
+  [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
+  [[nodiscard]] pid_t pid() const { return pid_; }
+  [[nodiscard]] bool btrfs() const { return opts_.btrfs; }
+  [[nodiscard]] bool running() const;
   // Contents of containerd.log (diagnostics).
-  std::string log() const;
+  [[nodiscard]] std::string log() const;
 
   // ctr --address socket() ARGS...
-  RunResult ctr(const std::vector<std::string>& args, std::string_view stdin_data = {},
-                std::chrono::milliseconds timeout = kDefaultRunTimeout) const;
+  [[nodiscard]] RunResult ctr(
+      const std::vector<std::string>& args, std::string_view stdin_data = {},
+      std::chrono::milliseconds timeout = kDefaultRunTimeout) const;
   template <typename... A>
-    requires(sizeof...(A) > 0 && (std::convertible_to<const A&, std::string_view> && ...))
-  RunResult ctr(const A&... args) const {
-    return ctr(std::vector<std::string>{std::string(std::string_view(args))...});
+  requires(sizeof...(A) > 0 &&
+           (std::convertible_to<const A&, std::string_view> && ...))
+      [[nodiscard]] RunResult ctr(const A&... args) const {
+    return ctr(
+        std::vector<std::string>{std::string(std::string_view(args))...});
   }
   // ctr --address socket() -n NAMESPACE ARGS...
-  RunResult ctr_ns(std::string_view ns, const std::vector<std::string>& args) const;
+  [[nodiscard]] RunResult ctr_ns(std::string_view ns,
+                                 const std::vector<std::string>& args) const;
 
   // Stops containerd (scripts/containerd-env.sh stop DIR; kills the recorded
   // PID if the script could not). Idempotent. Returns false (reason on
@@ -154,10 +165,13 @@ class PrivateContainerd {
 
 // Lowercase hex SHA-256 (self-contained implementation).
 std::string sha256_hex(std::string_view data);
-std::string sha256_file(const std::filesystem::path& path);  // throws if unreadable
+std::string sha256_file(
+    const std::filesystem::path& path);  // throws if unreadable
 // Creates/truncates `path` (not its parents) with `mode` and writes `data`.
-void write_file(const std::filesystem::path& path, std::string_view data, mode_t mode = 0644);
-std::string read_file(const std::filesystem::path& path);  // throws if unreadable
+void write_file(const std::filesystem::path& path, std::string_view data,
+                mode_t mode = 0644);
+std::string read_file(
+    const std::filesystem::path& path);  // throws if unreadable
 
 // ------------------------------------------------------- mounts, loops, /proc
 

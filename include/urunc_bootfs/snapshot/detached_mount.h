@@ -80,7 +80,9 @@ class DetachedMount {
  private:
   friend Result<DetachedMount> mount_planned(const MountPlan& plan);
   DetachedMount(MountPlan plan, std::optional<LoopDevice> loop, UniqueFd root)
-      : plan_(std::move(plan)), loop_(std::move(loop)), root_(std::move(root)) {}
+      : plan_(std::move(plan)),
+        loop_(std::move(loop)),
+        root_(std::move(root)) {}
 
   MountPlan plan_;
   // Declared before root_ so that it is destroyed after it: the superblock

@@ -35,8 +35,8 @@ inline constexpr std::string_view kSnapshotterLabel =
 inline constexpr std::string_view kKeyPrefix = "urunc-bootfs/";
 
 struct OwnerId {
-  std::string boot_id;          // /proc/sys/kernel/random/boot_id
-  pid_t pid = 0;                // in the pid namespace of /proc
+  std::string boot_id;           // /proc/sys/kernel/random/boot_id
+  pid_t pid = 0;                 // in the pid namespace of /proc
   std::uint64_t start_time = 0;  // clock ticks after boot
 
   friend bool operator==(const OwnerId&, const OwnerId&) = default;

@@ -17,7 +17,8 @@ namespace urunc::bootfs::snapshot {
 // PERMISSION_DENIED / UNAUTHENTICATED -> permission,
 // INVALID_ARGUMENT -> invalid, everything else -> internal.
 // The message reads "<what>: <server message> (<CODE_NAME>)", e.g.
-// `snapshot "k8s.io/123" on snapshotter "overlayfs": ... not found (NOT_FOUND)`.
+// `snapshot "k8s.io/123" on snapshotter "overlayfs": ... not found
+// (NOT_FOUND)`.
 [[nodiscard]] Error grpc_error(int grpc_code, std::string_view grpc_message,
                                std::string_view what);
 
