@@ -30,6 +30,7 @@ struct MountRequest {
   bool foreground = false;
   bool debug = false;
   unsigned threads = 4;
+  std::string passthrough = "auto";  // auto | on | off
 };
 
 struct UmountRequest {

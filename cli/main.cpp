@@ -7,6 +7,8 @@
 #include <cstdlib>
 
 #include "commands.h"
+#include "gc.h"
+#include <filesystem>
 
 #ifndef URUNC_BOOTFS_VERSION
 #define URUNC_BOOTFS_VERSION "0.0.0"
@@ -74,6 +76,11 @@ int main(int argc, char** argv) {
   mount_cmd->add_option("--threads", mount.threads, "maximum FUSE worker threads")
       ->default_val(4)
       ->check(CLI::Range(1, 64));
+  mount_cmd->add_option("--passthrough", mount.passthrough,
+                        "kernel FUSE passthrough for reads: auto (use it where the kernel accepts it),\n"
+                        "on (fail if it cannot be used), off (splice reads with keep_cache)")
+      ->default_val("auto")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   mount_cmd->footer(kFooter);
 
   // umount
@@ -103,6 +110,18 @@ int main(int argc, char** argv) {
   list_cmd->add_flag("--json", list_json, "machine-readable output");
   list_cmd->footer(kFooter);
 
+  // gc
+  cli::GcRequest gc;
+  cli::ContainerdRequest gc_cd;
+  auto* gc_cmd = app.add_subcommand(
+      "gc",
+      "Remove what dead mounts left: leases labelled io.urunc.bootfs/owner whose owner\n"
+      "process is gone (with their views), and state files and FUSE mounts of dead daemons.");
+  add_containerd_flags(gc_cmd, gc_cd);
+  gc_cmd->add_flag("--all-namespaces,-A", gc.all_namespaces, "every containerd namespace");
+  gc_cmd->add_flag("--dry-run", gc.dry_run, "print what would be removed, remove nothing");
+  gc_cmd->footer(kFooter);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -130,6 +149,14 @@ int main(int argc, char** argv) {
           return cli::report(ub::make_error(
               ub::ErrorKind::usage, "give --source-dir, --container, --snapshot, --parent or --bundle"));
         if (cd.address.empty()) cd.address = kDefaultAddress;
+        // Under containerd the bundle is .../<namespace>/<container id>.
+        if (!mount.bundle.empty()) {
+          const auto bundle = std::filesystem::absolute(mount.bundle).lexically_normal();
+          const auto path = bundle.has_filename() ? bundle : bundle.parent_path();
+          if (!containerd) cd.container = path.filename().string();
+          if (cd.ns.empty()) cd.ns = path.parent_path().filename().string();
+        }
+        if (cd.ns.empty()) cd.ns = "default";
         mount.containerd = cd;
       }
       return cli::run_mount(std::move(mount));
@@ -137,6 +164,12 @@ int main(int argc, char** argv) {
     if (umount_cmd->parsed()) return cli::run_umount(umount);
     if (status_cmd->parsed()) return cli::run_status(status_mountpoint, status_json);
     if (list_cmd->parsed()) return cli::run_list(list_json);
+    if (gc_cmd->parsed()) {
+      gc.address = gc_cd.address.empty() ? kDefaultAddress : gc_cd.address;
+      gc.ns = gc_cd.ns;
+      gc.timeout_ms = gc_cd.timeout_ms;
+      return cli::run_gc(gc);
+    }
   } catch (const std::exception& e) {
     return cli::report(ub::make_error(ub::ErrorKind::internal, e.what()));
   }

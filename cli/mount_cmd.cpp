@@ -187,6 +187,9 @@ Status serve(const MountRequest& request, ReadyChannel& channel) {
   options.mountpoint = request.mountpoint;
   options.debug = request.debug;
   options.max_threads = request.threads;
+  options.passthrough = request.passthrough == "on"    ? PassthroughPolicy::required
+                        : request.passthrough == "off" ? PassthroughPolicy::disabled
+                                                       : PassthroughPolicy::automatic;
   options.on_init = [&channel] { channel.ready(); };
   auto server = FuseServer::mount(**fs, options);
   if (!server) return fail(std::move(server).error().at("mount"));

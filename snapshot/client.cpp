@@ -60,10 +60,10 @@ void fill_labels(const Labels& labels,
 }
 
 Mount to_mount(const containerd::types::Mount& pb) {
-  return Mount{pb.type(),
-               pb.source(),
-               pb.target(),
-               {pb.options().begin(), pb.options().end()}};
+  return Mount{.type = pb.type(),
+               .source = pb.source(),
+               .target = pb.target(),
+               .options = {pb.options().begin(), pb.options().end()}};
 }
 
 std::vector<Mount> to_mounts(
@@ -88,12 +88,14 @@ Kind to_kind(pb_snapshots::Kind kind) {
 }
 
 SnapshotInfo to_info(const pb_snapshots::Info& pb) {
-  return SnapshotInfo{pb.name(), pb.parent(), to_kind(pb.kind()),
-                      to_labels(pb.labels())};
+  return SnapshotInfo{.name = pb.name(),
+                      .parent = pb.parent(),
+                      .kind = to_kind(pb.kind()),
+                      .labels = to_labels(pb.labels())};
 }
 
 Lease to_lease(const pb_leases::Lease& pb) {
-  return Lease{pb.id(), to_labels(pb.labels())};
+  return Lease{.id = pb.id(), .labels = to_labels(pb.labels())};
 }
 
 Error status_error(const grpc::Status& status, std::string_view what) {
@@ -234,9 +236,12 @@ Result<ContainerInfo> Client::get_container(std::string_view id) {
       connection_->containers->Get(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   const auto& pb = response.container();
-  return ContainerInfo{
-      pb.id(),          pb.image(),        pb.runtime().name(),
-      pb.snapshotter(), pb.snapshot_key(), to_labels(pb.labels())};
+  return ContainerInfo{.id = pb.id(),
+                       .image = pb.image(),
+                       .runtime = pb.runtime().name(),
+                       .snapshotter = pb.snapshotter(),
+                       .snapshot_key = pb.snapshot_key(),
+                       .labels = to_labels(pb.labels())};
 }
 
 Result<SnapshotInfo> Client::stat(std::string_view snapshotter,

@@ -171,17 +171,20 @@ Result<LoopDevice> LoopDevice::configure(int ctl, int file,
     if (::ioctl(dev.get(), LOOP_CONFIGURE, &config) == 0) {
       return LoopDevice(std::move(dev), std::move(path));
     }
-    if (errno == EBUSY) continue;
-    if (errno != EINVAL && errno != ENOTTY) {
+    const int configure_errno = errno;
+    if (configure_errno == EBUSY) continue;
+    std::string binding = path;
+    binding += " with ";
+    binding += image;
+    if (configure_errno != EINVAL && configure_errno != ENOTTY) {
       return std::unexpected(
-          errno_error(errno, "LOOP_CONFIGURE " + path + " with " + image));
+          errno_error(configure_errno, "LOOP_CONFIGURE " + binding));
     }
     // Kernels before 5.8 have no LOOP_CONFIGURE. LOOP_SET_FD takes the
     // read-only mode from the file; autoclear comes from SET_STATUS64.
     if (::ioctl(dev.get(), LOOP_SET_FD, file) != 0) {
       if (errno == EBUSY) continue;
-      return std::unexpected(
-          errno_error(errno, "LOOP_SET_FD " + path + " with " + image));
+      return std::unexpected(errno_error(errno, "LOOP_SET_FD " + binding));
     }
     loop_info64 info = config.info;
     if (::ioctl(dev.get(), LOOP_SET_STATUS64, &info) != 0) {

@@ -47,9 +47,11 @@ constexpr std::array kErofsFlags = {"user_xattr"sv, "acl"sv, "noacl"sv};
 constexpr std::array<std::string_view, 0> kNone = {};
 
 constexpr std::array kBlockFilesystems = {
-    BlockFs{"ext4", kExt4Flags, kNone},   BlockFs{"xfs", kXfsFlags, kNone},
-    BlockFs{"btrfs", kNone, kBtrfsKeyed}, BlockFs{"erofs", kErofsFlags, kNone},
-    BlockFs{"squashfs", kNone, kNone},
+    BlockFs{.type = "ext4", .flags = kExt4Flags, .keyed = kNone},
+    BlockFs{.type = "xfs", .flags = kXfsFlags, .keyed = kNone},
+    BlockFs{.type = "btrfs", .flags = kNone, .keyed = kBtrfsKeyed},
+    BlockFs{.type = "erofs", .flags = kErofsFlags, .keyed = kNone},
+    BlockFs{.type = "squashfs", .flags = kNone, .keyed = kNone},
 };
 
 template <class Range>
@@ -64,8 +66,10 @@ struct Option {
 
 Option split_option(std::string_view option) {
   const auto eq = option.find('=');
-  if (eq == std::string_view::npos) return {option, std::nullopt};
-  return {option.substr(0, eq), option.substr(eq + 1)};
+  if (eq == std::string_view::npos) {
+    return {.key = option, .value = std::nullopt};
+  }
+  return {.key = option.substr(0, eq), .value = option.substr(eq + 1)};
 }
 
 std::string quoted(std::string_view s) {

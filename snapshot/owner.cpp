@@ -39,8 +39,9 @@ Result<std::string> read_small_file(const std::string& path) {
 template <class Int>
 bool parse_int(std::string_view text, Int& out) {
   if (text.empty()) return false;
-  const auto* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  const char* begin = text.data();
+  const char* end = begin + text.size();
+  const auto [ptr, ec] = std::from_chars(begin, end, out);
   return ec == std::errc() && ptr == end;
 }
 

@@ -16,11 +16,19 @@
 
 namespace urunc::bootfs {
 
+// How file reads reach the backing files.
+enum class PassthroughPolicy {
+  automatic,  // passthrough where the kernel accepts it, else splice
+  required,   // fail the mount if passthrough is not accepted
+  disabled,   // always splice (with keep_cache)
+};
+
 struct FuseOptions {
   std::string mountpoint;
   std::string fsname = "urunc-bootfs";
   unsigned max_threads = 4;
   bool debug = false;
+  PassthroughPolicy passthrough = PassthroughPolicy::automatic;
   // Called once, from a session thread, when the kernel's INIT request has
   // arrived: from then on the filesystem answers.
   std::function<void()> on_init;

@@ -13,6 +13,7 @@
 //   - an overlay has lowerdirs and never an upperdir or workdir.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,7 +24,7 @@
 namespace urunc::bootfs::snapshot {
 
 struct MountPlan {
-  enum class Form {
+  enum class Form : std::uint8_t {
     bind,        // open_tree(source) of a directory (native, 1-layer overlayfs)
     overlay,     // overlay of lowerdirs (multi-layer overlayfs view)
     block,       // fstype on a block device (btrfs, devmapper)

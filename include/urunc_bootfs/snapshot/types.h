@@ -6,6 +6,7 @@
 // They carry no protobuf or gRPC type, so every component can include them.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -26,7 +27,12 @@ struct Mount {
 };
 
 // Same values as containerd.services.snapshots.v1.Kind.
-enum class Kind { unknown = 0, view = 1, active = 2, committed = 3 };
+enum class Kind : std::uint8_t {
+  unknown = 0,
+  view = 1,
+  active = 2,
+  committed = 3
+};
 
 // "unknown", "view", "active", "committed".
 [[nodiscard]] const char* snapshot_kind_name(Kind kind);
