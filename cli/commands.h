@@ -39,7 +39,14 @@ struct UmountRequest {
   int timeout_ms = 60000;
 };
 
+struct HookRequest {
+  std::string phase;            // create-runtime | poststop
+  std::string source = "auto";  // auto | containerd | rootfs
+  ContainerdRequest containerd;
+};
+
 int run_mount(MountRequest request);
+int run_hook(const HookRequest& request);
 int run_umount(const UmountRequest& request);
 int run_status(const std::string& mountpoint, bool json);
 int run_list(bool json);

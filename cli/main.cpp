@@ -122,6 +122,23 @@ int main(int argc, char** argv) {
   gc_cmd->add_flag("--dry-run", gc.dry_run, "print what would be removed, remove nothing");
   gc_cmd->footer(kFooter);
 
+  // hook
+  cli::HookRequest hook;
+  auto* hook_cmd = app.add_subcommand(
+      "hook",
+      "OCI hook: reads the container state JSON on stdin. create-runtime mounts the boot\n"
+      "files at <bundle>/boot; poststop unmounts them. Under containerd (bundle at\n"
+      ".../io.containerd.runtime.v2.task/<ns>/<id>) the files come from a view of the\n"
+      "container's image, otherwise from the bundle's rootfs.");
+  hook_cmd->add_option("phase", hook.phase, "create-runtime or poststop")
+      ->required()
+      ->check(CLI::IsMember({"create-runtime", "poststop"}));
+  hook_cmd->add_option("--source", hook.source, "auto, containerd or rootfs")
+      ->default_val("auto")
+      ->check(CLI::IsMember({"auto", "containerd", "rootfs"}));
+  add_containerd_flags(hook_cmd, hook.containerd);
+  hook_cmd->footer(kFooter);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -164,6 +181,10 @@ int main(int argc, char** argv) {
     if (umount_cmd->parsed()) return cli::run_umount(umount);
     if (status_cmd->parsed()) return cli::run_status(status_mountpoint, status_json);
     if (list_cmd->parsed()) return cli::run_list(list_json);
+    if (hook_cmd->parsed()) {
+      if (hook.containerd.address.empty()) hook.containerd.address = kDefaultAddress;
+      return cli::run_hook(hook);
+    }
     if (gc_cmd->parsed()) {
       gc.address = gc_cd.address.empty() ? kDefaultAddress : gc_cd.address;
       gc.ns = gc_cd.ns;
