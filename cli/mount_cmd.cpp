@@ -26,6 +26,7 @@
 #include "urunc_bootfs/artifact_fs.h"
 #include "urunc_bootfs/artifacts.h"
 #include "urunc_bootfs/fuse_server.h"
+#include "urunc_bootfs/hardening.h"
 #include "urunc_bootfs/image_root.h"
 #include "urunc_bootfs/unique_fd.h"
 
@@ -193,6 +194,8 @@ Status serve(const MountRequest& request, ReadyChannel& channel) {
   options.on_init = [&channel] { channel.ready(); };
   auto server = FuseServer::mount(**fs, options);
   if (!server) return fail(std::move(server).error().at("mount"));
+  // Setup is over: keep only what serving and release need.
+  if (auto dropped = drop_privileges(); !dropped) return fail(std::move(dropped).error().at("harden"));
   spdlog::info("serving {} artifact(s) from {} at {}", state.artifacts.size(),
                state.source_kind == "dir" ? state.source_dir : state.containerd->view_key,
                request.mountpoint);
