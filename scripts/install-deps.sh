@@ -22,7 +22,7 @@ packages=(
   containerd golang-github-containerd-containerd-dev btrfs-progs e2fsprogs xfsprogs
   busybox-static cpio gzip qemu-system-x86 util-linux kmod
   # analysis
-  clang-14 clang-tidy clang-format libclang-rt-14-dev
+  clang-19 clang-tidy-19 clang-format libclang-rt-19-dev
   # benchmark plot
   gnuplot-nox
 )

@@ -4,7 +4,7 @@
 # Usage: scripts/test.sh [--no-deps] [--quick]   (as root: tests mount FUSE,
 #        start a private containerd, and attach loop devices)
 #   --no-deps  skip apt-get (dependencies already installed)
-#   --quick    skip the sanitizer pass
+#   --quick    skip the sanitizer and fuzzing passes
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,4 +37,6 @@ if [[ $quick -eq 0 ]]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   ctest --preset asan -j1 --timeout 900 -L 'unit|fuse|snapshot'
+  echo "== fuzzing (libFuzzer, clang 19, ASan + UBSan; bounded)"
+  scripts/fuzz.sh "${URUNC_BOOTFS_FUZZ_SECONDS:-30}"
 fi

@@ -373,6 +373,17 @@ TEST_F(ContainerdClient, RemoveView) {
   EXPECT_EQ(missing_parent.error().kind, ErrorKind::not_found)
       << missing_parent.error().message;
   EXPECT_TRUE(contains(missing_parent.error().message, "no-such-parent"));
+  // A view under a lease that does not exist is refused, and not created.
+  const std::string orphan = unique_key();
+  auto no_lease =
+      client_->view("overlayfs", orphan, "layer-r", {}, "no-such-lease");
+  ASSERT_FALSE(no_lease);
+  EXPECT_EQ(no_lease.error().kind, ErrorKind::not_found)
+      << no_lease.error().message;
+  // Proves the lease header reaches containerd.
+  EXPECT_TRUE(contains(no_lease.error().message, "lease does not exist"))
+      << no_lease.error().message;
+  EXPECT_FALSE(client_->stat("overlayfs", orphan));
   ASSERT_TRUE(client_->delete_lease(lease_id, true));
 }
 
