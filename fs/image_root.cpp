@@ -162,6 +162,10 @@ Result<OpenArtifact> open_artifact(int root_fd, const ArtifactRef& ref) {
     return std::unexpected(make_error(
         ErrorKind::invalid, std::string("is ") + type_name(out.st.st_mode) +
                                 ", only regular files are served").at(what));
+  // A zero-length kernel cannot boot anything; say so now rather than let
+  // the monitor fail later with a less clear message.
+  if (ref.role == ArtifactRole::kernel && out.st.st_size == 0)
+    return std::unexpected(make_error(ErrorKind::invalid, "is empty (0 bytes)").at(what));
   // O_NONBLOCK only guarded the open against FIFOs; reads are ordinary.
   if (::fcntl(fd, F_SETFL, 0) != 0)
     return std::unexpected(errno_error(errno, "fcntl failed").at(what));
