@@ -55,6 +55,13 @@ std::string random_bytes(std::size_t n, unsigned seed) {
   return data;
 }
 
+// sha256sum(1): uninstrumented, so the sanitizer builds stay fast.
+std::string sha256sum(const std::filesystem::path& path) {
+  auto r = run({"sha256sum", path.string()});
+  EXPECT_TRUE(r.ok()) << r.describe();
+  return r.out.substr(0, 64);
+}
+
 class FuseTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -133,8 +140,8 @@ TEST_F(FuseTest, ServesExactlyTheArtifactsAndTheirDirectories) {
 
 TEST_F(FuseTest, ContentIsByteIdentical) {
   mount_ok();
-  EXPECT_EQ(sha256_file(mnt_ + "/.boot/kernel"), sha256_hex(kernel_));
-  EXPECT_EQ(sha256_file(mnt_ + "/.boot/rootfs.cpio.gz"), sha256_file(root_ / ".boot/rootfs.cpio.gz"));
+  EXPECT_EQ(sha256sum(mnt_ + "/.boot/kernel"), sha256sum(root_ / ".boot/kernel"));
+  EXPECT_EQ(sha256sum(mnt_ + "/.boot/rootfs.cpio.gz"), sha256sum(root_ / ".boot/rootfs.cpio.gz"));
   EXPECT_EQ(read_file(mnt_ + "/urunc.json"), read_file(root_ / "urunc.json"));
   umount_ok();
 }
@@ -187,7 +194,7 @@ TEST_F(FuseTest, EveryKindOfWriteFails) {
   fails(::link(k.c_str(), (mnt_ + "/hard").c_str()), "link");
   fails(::setxattr(k.c_str(), "user.x", "1", 1, 0), "setxattr");
   fails(::utimensat(AT_FDCWD, k.c_str(), nullptr, 0), "utimensat");
-  EXPECT_EQ(sha256_file(k), sha256_hex(kernel_));
+  EXPECT_EQ(sha256sum(k), sha256sum(root_ / ".boot/kernel"));
   umount_ok();
 }
 
@@ -243,7 +250,7 @@ TEST_F(FuseTest, SymlinkedKernelInsideTheSourceIsFollowed) {
   fs::rename(root_ / ".boot/kernel", root_ / ".boot/vmlinuz-6.1");
   fs::create_symlink("vmlinuz-6.1", root_ / ".boot/kernel");
   mount_ok();
-  EXPECT_EQ(sha256_file(mnt_ + "/.boot/kernel"), sha256_hex(kernel_));
+  EXPECT_EQ(sha256sum(mnt_ + "/.boot/kernel"), sha256sum(root_ / ".boot/vmlinuz-6.1"));
   // The link target's own name is not served.
   EXPECT_FALSE(fs::exists(mnt_ + "/.boot/vmlinuz-6.1"));
   auto status = cli_.status(mnt_);
