@@ -271,17 +271,32 @@ int await_daemon(pid_t child, UniqueFd read_end, const std::string& mountpoint) 
                                : "the daemon exited before it was ready"));
 }
 
+int mount_at(MountRequest request);
+
 }  // namespace
 
 int run_mount(MountRequest request) {
+  // <bundle>/boot is created when missing, and removed again if the mount
+  // fails, so that a failure leaves the bundle as it was.
+  bool created = false;
   if (request.mountpoint.empty()) {
     if (request.bundle.empty())
       return report(make_error(ErrorKind::usage, "give a MOUNTPOINT or --bundle"));
     request.mountpoint = (fsys::path(request.bundle) / "boot").string();
     std::error_code ec;
-    if (fsys::create_directory(request.mountpoint, ec); ec)
+    created = fsys::create_directory(request.mountpoint, ec);
+    if (ec)
       return report(make_error(ErrorKind::permission, "cannot create " + request.mountpoint + ": " + ec.message()));
   }
+  const std::string created_dir = created ? normalize_mountpoint(request.mountpoint) : std::string();
+  const int rc = mount_at(std::move(request));
+  if (rc != 0 && !created_dir.empty()) ::rmdir(created_dir.c_str());
+  return rc;
+}
+
+namespace {
+
+int mount_at(MountRequest request) {
   request.mountpoint = normalize_mountpoint(request.mountpoint);
   if (!request.bundle.empty()) request.bundle = fsys::absolute(request.bundle).lexically_normal().string();
   if (!request.source_dir.empty()) {
@@ -292,7 +307,8 @@ int run_mount(MountRequest request) {
     if (!S_ISDIR(st.st_mode))
       return report(make_error(ErrorKind::invalid, "source directory " + request.source_dir + " is not a directory"));
   }
-  if (auto ok = check_mountpoint(request.mountpoint); !ok) return report(ok.error());
+  // A record first: a dead daemon's FUSE mount answers stat() with ENOTCONN,
+  // so its release must be finished before the mountpoint can be checked.
   if (auto existing = load_state(request.mountpoint); existing && *existing) {
     if (process_alive((*existing)->daemon))
       return report(make_error(ErrorKind::busy, "mountpoint " + request.mountpoint +
@@ -301,6 +317,7 @@ int run_mount(MountRequest request) {
     // A dead daemon's record for this mountpoint: finish its release first.
     if (auto cleaned = cleanup_dead_mount(request.mountpoint); !cleaned) return report(cleaned.error());
   }
+  if (auto ok = check_mountpoint(request.mountpoint); !ok) return report(ok.error());
 
   if (request.foreground) {
     ReadyChannel channel{UniqueFd()};
@@ -343,4 +360,5 @@ int run_mount(MountRequest request) {
   return await_daemon(child, std::move(read_end), request.mountpoint);
 }
 
+}  // namespace
 }  // namespace urunc::bootfs::cli

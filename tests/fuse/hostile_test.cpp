@@ -266,6 +266,8 @@ TEST_P(Hostile, FailsClearlyOrServesOnlyWhatIsNamed) {
     EXPECT_NE(r.err.find(c.fragment), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "not one line: " << r.err;
     EXPECT_TRUE(r.err.starts_with("urunc-bootfs: ")) << r.err;
+    // The mountpoint it created in the bundle is gone again.
+    EXPECT_FALSE(fs::exists(mnt)) << mnt;
   }
   cli_.expect_nothing_left(mnt);
 }
