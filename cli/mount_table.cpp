@@ -26,6 +26,49 @@ std::string unescape(const std::string& field) {
 
 }  // namespace
 
+namespace {
+
+struct Entry {
+  std::string device;  // major:minor
+  std::string mount_point;
+  std::string fstype;
+};
+
+std::vector<Entry> read_mountinfo() {
+  std::ifstream in("/proc/self/mountinfo");
+  std::vector<Entry> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::vector<std::string> parts;
+    std::string part;
+    while (fields >> part) parts.push_back(part);
+    if (parts.size() < 7) continue;
+    Entry entry{parts[2], unescape(parts[4]), {}};
+    for (std::size_t i = 6; i + 1 < parts.size(); ++i)
+      if (parts[i] == "-") {
+        entry.fstype = parts[i + 1];
+        break;
+      }
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> other_mounts_of(const std::string& path) {
+  const auto entries = read_mountinfo();
+  std::string device;
+  for (const auto& e : entries)
+    if (e.mount_point == path) device = e.device;  // the last one is visible
+  std::vector<std::string> out;
+  if (device.empty()) return out;
+  for (const auto& e : entries)
+    if (e.device == device && e.mount_point != path) out.push_back(e.mount_point);
+  return out;
+}
+
 std::optional<std::string> mounted_fstype(const std::string& path) {
   std::ifstream in("/proc/self/mountinfo");
   std::string line;

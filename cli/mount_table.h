@@ -3,12 +3,17 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace urunc::bootfs::cli {
 
 // The filesystem type mounted exactly at `path` ("fuse.urunc-bootfs", ...),
 // or nullopt when nothing is mounted there.
 [[nodiscard]] std::optional<std::string> mounted_fstype(const std::string& path);
+
+// Other mount points of the same filesystem as the one mounted at `path`
+// (binds of it or of files in it), in this mount namespace.
+[[nodiscard]] std::vector<std::string> other_mounts_of(const std::string& path);
 
 inline constexpr const char* kOurFsType = "fuse.urunc-bootfs";
 

@@ -48,6 +48,14 @@ int run_umount(const UmountRequest& request) {
 
   const ProcessId daemon = (*state)->daemon;
   if (process_alive(daemon)) {
+    // A bind of the mount (or of a served file) keeps the filesystem alive
+    // after this unmount, and the daemon would never hear of it: refuse,
+    // unless told to end the mount wherever it is still bound (--lazy).
+    if (const auto others = other_mounts_of(mountpoint); !others.empty() && !request.lazy)
+      return report(make_error(ErrorKind::busy, mountpoint + " is still bound at " + others.front() +
+                                                    (others.size() > 1 ? " (and " + std::to_string(others.size() - 1) +
+                                                                             " more)" : std::string()) +
+                                                    "; unmount the binds first or use --lazy", EBUSY));
     const int flags = request.lazy ? MNT_DETACH : 0;
     if (::umount2(mountpoint.c_str(), flags) != 0) {
       if (errno == EBUSY)
@@ -59,6 +67,12 @@ int run_umount(const UmountRequest& request) {
       // Not mounted (yet, or any more): ask the daemon to finish instead.
       ::kill(daemon.pid, SIGTERM);
     }
+    // The unmount ends the session unless the filesystem is still mounted
+    // somewhere this namespace cannot see (a monitor's own namespace). The
+    // caller asked for it to end: after a grace period, tell the daemon.
+    constexpr auto kGrace = std::chrono::milliseconds(2000);
+    if (!wait_process_exit(daemon, std::min(kGrace, std::chrono::milliseconds(request.timeout_ms))))
+      ::kill(daemon.pid, SIGTERM);
     if (!wait_process_exit(daemon, std::chrono::milliseconds(request.timeout_ms)))
       return report(make_error(ErrorKind::busy, "daemon pid " + std::to_string(daemon.pid) +
                                                     " did not exit within " +

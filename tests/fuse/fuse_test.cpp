@@ -363,6 +363,24 @@ TEST_F(FuseTest, BusyMountIsRefusedUnlessLazy) {
   cli_.expect_nothing_left(mnt_);
 }
 
+TEST_F(FuseTest, ABindOfAServedFileIsRefusedUnlessLazy) {
+  mount_ok();
+  const std::string bind = (tmp_ / "kernel-bind").string();
+  write_file(bind, "");
+  auto b = run({"mount", "--bind", mnt_ + "/.boot/kernel", bind});
+  ASSERT_TRUE(b.ok()) << b.describe();
+  auto refused = cli_({"umount", mnt_});
+  EXPECT_EQ(refused.exit_code, 7) << refused.describe();
+  EXPECT_NE(refused.err.find("still bound at " + bind), std::string::npos) << refused.err;
+  EXPECT_EQ(sha256sum(bind), sha256sum(root_ / ".boot/kernel"));  // untouched
+  const pid_t pid = cli_.daemon_pid(mnt_);
+  auto lazy = cli_({"umount", "--lazy", mnt_});
+  EXPECT_TRUE(lazy.ok()) << lazy.describe();
+  EXPECT_FALSE(pid_alive(pid));
+  (void)run({"umount", bind});
+  cli_.expect_nothing_left(mnt_);
+}
+
 TEST_F(FuseTest, BundleAnnotationsWinAndMountpointDefaultsToBundleBoot) {
   const fs::path bundle = tmp_ / "bundle";
   fs::create_directories(bundle);
