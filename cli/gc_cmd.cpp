@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "gc.h"
 #include "state.h"
+#include "urunc_bootfs/process.h"
 #include "urunc_bootfs/snapshot/client.h"
 #include "urunc_bootfs/snapshot/owner.h"
 
@@ -56,8 +57,15 @@ int run_gc(const GcRequest& request) {
           continue;
         }
       }
-      report.push_back((request.dry_run ? "would clean " : "cleaned ") + state.mountpoint +
-                       " (daemon pid " + std::to_string(state.daemon.pid) + " is gone)");
+      std::string line = (request.dry_run ? "would clean " : "cleaned ") + state.mountpoint +
+                         " (daemon pid " + std::to_string(state.daemon.pid) + " is gone)";
+      if (state.containerd && !state.containerd->lease_id.empty()) {
+        const auto& cd = *state.containerd;
+        line += std::string(request.dry_run ? ": would remove lease " : ": removed lease ") + cd.lease_id;
+        if (!cd.view_key.empty()) line += " and view " + cd.view_key + " (" + cd.snapshotter + ")";
+        line += " in namespace " + cd.ns;
+      }
+      report.push_back(std::move(line));
     }
   }
 

@@ -144,7 +144,11 @@ Status serve(const MountRequest& request, ReadyChannel& channel) {
     // (lease, view), so that a crash in between leaves a record for gc.
     auto opened = open_containerd_source(*request.containerd, state);
     file.written = true;
-    if (!opened) return std::unexpected(std::move(opened).error());
+    if (!opened) {
+      // A setup whose undo failed keeps its record for `umount`/`gc`.
+      file.keep = state.phase == "release-failed";
+      return std::unexpected(std::move(opened).error());
+    }
     source = std::move(*opened);
   } else {
     auto opened = open_dir_source(request.source_dir);
@@ -307,17 +311,17 @@ int mount_at(MountRequest request) {
     if (!S_ISDIR(st.st_mode))
       return report(make_error(ErrorKind::invalid, "source directory " + request.source_dir + " is not a directory"));
   }
-  // A record first: a dead daemon's FUSE mount answers stat() with ENOTCONN,
-  // so its release must be finished before the mountpoint can be checked.
-  if (auto existing = load_state(request.mountpoint); existing && *existing) {
-    if (process_alive((*existing)->daemon))
-      return report(make_error(ErrorKind::busy, "mountpoint " + request.mountpoint +
-                                                    " is served by pid " +
-                                                    std::to_string((*existing)->daemon.pid)));
-    // A dead daemon's record for this mountpoint: finish its release first.
+  // A dead daemon's record for this mountpoint: finish its release first
+  // (its FUSE mount answers stat() with ENOTCONN, so before the check).
+  const auto existing = load_state(request.mountpoint);
+  const bool serving = existing && *existing && process_alive((*existing)->daemon);
+  if (existing && *existing && !serving) {
     if (auto cleaned = cleanup_dead_mount(request.mountpoint); !cleaned) return report(cleaned.error());
   }
   if (auto ok = check_mountpoint(request.mountpoint); !ok) return report(ok.error());
+  if (serving)
+    return report(make_error(ErrorKind::busy, "mountpoint " + request.mountpoint + " is served by pid " +
+                                                  std::to_string((*existing)->daemon.pid)));
 
   if (request.foreground) {
     ReadyChannel channel{UniqueFd()};

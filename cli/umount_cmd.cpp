@@ -70,9 +70,15 @@ int run_umount(const UmountRequest& request) {
     // The unmount ends the session unless the filesystem is still mounted
     // somewhere this namespace cannot see (a monitor's own namespace). The
     // caller asked for it to end: after a grace period, tell the daemon.
+    // A daemon that has stopped serving and is releasing (containerd slow or
+    // unreachable: it retries with backoff) is left to finish and record
+    // the outcome; a SIGTERM would only cut its release short.
     constexpr auto kGrace = std::chrono::milliseconds(2000);
-    if (!wait_process_exit(daemon, std::min(kGrace, std::chrono::milliseconds(request.timeout_ms))))
-      ::kill(daemon.pid, SIGTERM);
+    if (!wait_process_exit(daemon, std::min(kGrace, std::chrono::milliseconds(request.timeout_ms)))) {
+      auto now = load_state(mountpoint);
+      const bool releasing = now && *now && ((*now)->phase == "releasing" || (*now)->phase == "release-failed");
+      if (!releasing) ::kill(daemon.pid, SIGTERM);
+    }
     if (!wait_process_exit(daemon, std::chrono::milliseconds(request.timeout_ms)))
       return report(make_error(ErrorKind::busy, "daemon pid " + std::to_string(daemon.pid) +
                                                     " did not exit within " +

@@ -21,6 +21,9 @@ constexpr const char* kLoopControl = "/dev/loop-control";
 // Another process may take the device LOOP_CTL_GET_FREE handed us before we
 // bind it; losetup retries the same way.
 constexpr int kLoopAttempts = 16;
+// The longest string value fsconfig(FSCONFIG_SET_STRING) accepts (the
+// kernel copies at most 256 bytes, NUL included).
+constexpr std::size_t kMaxFsconfigString = 255;
 constexpr unsigned kViewAttrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
                                 MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
 
@@ -125,7 +128,39 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
       if (!lowerdir.empty()) lowerdir += ':';
       lowerdir += dir;
     }
-    UB_TRY(set_string(fs.get(), plan, "lowerdir", lowerdir));
+    // fsconfig() takes at most 255 bytes per string value, less than the
+    // lowerdir list of an image with a few layers under
+    // /var/lib/containerd. "lowerdir+" (Linux 6.8) appends one layer per
+    // call, top first; older kernels reject it on the first layer and only
+    // take the joined list.
+    bool appended = false;
+    for (std::size_t i = 0; i < plan.lowerdirs.size(); ++i) {
+      const auto& dir = plan.lowerdirs[i];
+      if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "lowerdir+", dir.c_str(),
+                     0) == 0) {
+        appended = true;
+        continue;
+      }
+      if (i == 0 && errno == EINVAL) {
+        (void)fs_context_messages(fs.get());  // "Unknown parameter"
+        break;
+      }
+      return std::unexpected(fs_error(
+          errno, fs.get(), "fsconfig " + plan.fstype + " lowerdir+=" + dir));
+    }
+    if (!appended) {
+      if (lowerdir.size() > kMaxFsconfigString) {
+        return std::unexpected(make_error(
+            ErrorKind::precondition,
+            "overlay lowerdir list of " +
+                std::to_string(plan.lowerdirs.size()) + " layers is " +
+                std::to_string(lowerdir.size()) +
+                " bytes; this kernel takes at most " +
+                std::to_string(kMaxFsconfigString) +
+                " in one fsconfig() value and has no lowerdir+ (Linux 6.8)"));
+      }
+      UB_TRY(set_string(fs.get(), plan, "lowerdir", lowerdir));
+    }
   }
   for (const auto& [key, value] : plan.fs_params) {
     if (value.empty()) {

@@ -1,4 +1,5 @@
 #include "urunc_bootfs/snapshot/owner.h"
+#include "urunc_bootfs/process.h"
 
 #include <fcntl.h>
 #include <sys/random.h>
@@ -148,7 +149,10 @@ bool owner_alive(const OwnerId& owner) {
     // EACCES) is doubt, and doubt keeps the lease.
     return start_time.error().kind != ErrorKind::not_found;
   }
-  return *start_time == owner.start_time;
+  // A zombie with the right start time has exited: it holds no fd and no
+  // mount, even if its parent (an init that does not reap) never collects it.
+  return *start_time == owner.start_time &&
+         process_alive(ProcessId{owner.boot_id, owner.pid, owner.start_time});
 }
 
 std::string unique_key() {

@@ -75,12 +75,15 @@ Error grpc_error(int grpc_code, std::string_view grpc_message,
     default:
       break;
   }
-  std::string message(what);
-  message += ": ";
+  std::string message;
   if (grpc_message.empty()) {
-    message += "containerd gave no message";
+    message = std::string(what) + ": containerd gave no message";
+  } else if (!what.empty() && grpc_message.starts_with(what)) {
+    // containerd often names the object itself ("container \"x\" in
+    // namespace \"y\": not found"); saying it twice helps nobody.
+    message = grpc_message;
   } else {
-    message += grpc_message;
+    message = std::string(what) + ": " + std::string(grpc_message);
   }
   message += " (" + grpc_code_name(grpc_code) + ")";
   return make_error(kind, std::move(message));

@@ -1,0 +1,1124 @@
+// Integration tier: the urunc-bootfs binary against a real, private
+// containerd 1.6 started by the test (scripts/containerd-env.sh: temp root,
+// temp socket, stopped by its PID even when a test fails).
+//
+// One containerd per test process (ctest runs every test in its own process;
+// a plain run of the binary shares one across all tests); it has a btrfs loop
+// filesystem for the btrfs snapshotter when mkfs.btrfs is there. The image is
+// built offline once per process with scripts/make-oci-image.sh:
+//
+//   bottom  /.boot/kernel (a decoy), /.boot/rootfs.cpio.gz (the initrd),
+//           /.boot/extra, /etc/hostname
+//   middle  (the five-layer image only) /etc/layerN
+//   top     /.boot/kernel (the real one), /.boot/.wh.extra, /urunc.json
+//
+// plus config labels com.urunc.unikernel.*: a two-layer image for most tests
+// and a five-layer one for a long overlay lowerdir list. Every test works in
+// a namespace of its own (named after the test), imports the image there and
+// creates a container "c1" with `ctr containers create`. TearDown unmounts
+// whatever a test left (umount --lazy), runs gc, checks that nothing made by
+// urunc-bootfs is left in that namespace, then removes containers and images.
+#include <fcntl.h>
+#include <gtest/gtest-spi.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bootfs_cli.h"
+#include "test_support.h"
+#include "urunc_bootfs/snapshot/client.h"
+
+namespace urunc_bootfs::test {
+namespace {
+
+namespace fs = std::filesystem;
+namespace snap = urunc::bootfs::snapshot;
+using namespace std::chrono_literals;
+
+// Every CLI call is bounded; none should take more than a few seconds.
+constexpr auto kCliTimeout = std::chrono::milliseconds(60s);
+constexpr std::string_view kPrefix = "urunc-bootfs/";
+constexpr const char* kContainer = "c1";
+const std::vector<std::string> kAllSnapshotters = {"overlayfs", "native", "btrfs"};
+const std::set<std::string> kServedTree = {"/.boot", "/.boot/kernel", "/.boot/rootfs.cpio.gz",
+                                           "/urunc.json"};
+
+// ------------------------------------------------------------------ helpers
+
+std::string base64(std::string_view in) {
+  static constexpr char kA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  unsigned val = 0;
+  int bits = -6;
+  for (unsigned char c : in) {
+    val = (val << 8) + c;
+    bits += 8;
+    while (bits >= 0) {
+      out += kA[(val >> bits) & 0x3f];
+      bits -= 6;
+    }
+  }
+  if (bits > -6) out += kA[((val << 8) >> (bits + 8)) & 0x3f];
+  while (out.size() % 4) out += '=';
+  return out;
+}
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::string data(n, '\0');
+  std::mt19937_64 rng(seed);
+  for (std::size_t i = 0; i + 8 <= n; i += 8) {
+    const auto v = rng();
+    std::memcpy(&data[i], &v, 8);
+  }
+  return data;
+}
+
+bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
+bool contains(std::string_view s, std::string_view needle) { return s.find(needle) != std::string_view::npos; }
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out.empty() ? "(none)" : out;
+}
+
+// A failing command says exactly one line, "urunc-bootfs: ...".
+void expect_one_line_error(const RunResult& r) {
+  EXPECT_TRUE(starts_with(r.err, "urunc-bootfs: ")) << r.err;
+  ASSERT_FALSE(r.err.empty());
+  EXPECT_EQ(r.err.back(), '\n') << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "not one line:\n" << r.err;
+}
+
+std::set<std::string> tree(const std::string& mnt) {
+  std::set<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(mnt))
+    out.insert("/" + fs::relative(e.path(), mnt).string());
+  return out;
+}
+
+bool absent(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) != 0 && errno == ENOENT;
+}
+
+std::string read_proc(const std::string& path) {
+  try {
+    return read_file(path);
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// Waits (bounded) until `pid` is gone or a zombie.
+bool wait_dead(pid_t pid, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (pid_alive(pid)) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+// Sets an environment variable for the scope (the CLI inherits it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// -------------------------------------------------------------- the image
+
+struct Image {
+  TempDir dir{"urunc-bootfs-integ-image"};
+  int layers = 0;
+  fs::path tar;
+  std::string ref;       // docker-normalised reference, as ctr lists it
+  std::string chain_id;  // the top layer's committed snapshot
+  std::string kernel;    // top layer (the one that must be served)
+  std::string decoy;     // bottom layer's /.boot/kernel (replaced)
+  std::string initrd;    // bottom layer
+  std::string urunc_json;
+};
+
+// `layers` >= 2: the bottom layer holds the decoy kernel, the initrd, the
+// file the top whites out and unrelated files; each middle layer adds one
+// unrelated file; the top layer replaces the kernel, whites out
+// /.boot/extra and adds /urunc.json.
+std::unique_ptr<Image> build_image(const std::string& name, int layers) {
+  auto img = std::make_unique<Image>();
+  img->layers = layers;
+  std::vector<fs::path> dirs;
+  for (int i = 0; i < layers; ++i) dirs.push_back(img->dir / ("layer" + std::to_string(i)));
+  const fs::path& bottom = dirs.front();
+  const fs::path& top = dirs.back();
+  fs::create_directories(bottom / ".boot");
+  fs::create_directories(bottom / "etc");
+  fs::create_directories(top / ".boot");
+  img->decoy = "decoy kernel from the bottom layer: must never be served\n";
+  img->kernel = random_bytes(1536u << 10, 11);
+  img->initrd = random_bytes(256u << 10, 12);
+  img->urunc_json = "{\"com.urunc.unikernel.binary\":\"" + base64("/.boot/kernel") +
+                    "\",\"com.urunc.unikernel.initrd\":\"" + base64("/.boot/rootfs.cpio.gz") +
+                    "\",\"com.urunc.unikernel.cmdline\":\"" + base64("console=ttyS0 quiet") +
+                    "\",\"com.urunc.unikernel.unikernelType\":\"" + base64("linux") +
+                    "\",\"com.urunc.unikernel.hypervisor\":\"" + base64("qemu") + "\"}";
+  write_file(bottom / ".boot/kernel", img->decoy, 0755);
+  write_file(bottom / ".boot/rootfs.cpio.gz", img->initrd);
+  write_file(bottom / ".boot/extra", "whited out by the top layer\n");
+  write_file(bottom / "etc/hostname", "not-served\n");
+  for (int i = 1; i + 1 < layers; ++i) {
+    fs::create_directories(dirs[i] / "etc");
+    write_file(dirs[i] / "etc" / ("layer" + std::to_string(i)), "middle layer\n");
+  }
+  write_file(top / ".boot/kernel", img->kernel, 0755);
+  write_file(top / ".boot/.wh.extra", "");
+  write_file(top / "urunc.json", img->urunc_json);
+  img->tar = img->dir / "image.tar";
+  std::vector<std::string> argv = {script_path("make-oci-image.sh").string(),
+                                   "--name",
+                                   name,
+                                   "--out",
+                                   img->tar.string(),
+                                   "--label",
+                                   "com.urunc.unikernel.binary=/.boot/kernel",
+                                   "--label",
+                                   "com.urunc.unikernel.initrd=/.boot/rootfs.cpio.gz",
+                                   "--label",
+                                   "com.urunc.unikernel.hypervisor=qemu",
+                                   "--label",
+                                   "com.urunc.unikernel.unikernelType=linux"};
+  for (const auto& d : dirs) argv.push_back(d.string());
+  auto r = run(argv, {}, kCliTimeout);
+  if (!r.ok()) throw std::runtime_error("make-oci-image.sh failed: " + r.describe());
+  auto kv = parse_key_values(r.out);
+  img->ref = kv["IMAGE"];
+  img->chain_id = kv["CHAIN_ID"];
+  if (img->ref.empty() || img->chain_id.empty())
+    throw std::runtime_error("make-oci-image.sh printed no IMAGE/CHAIN_ID: " + r.out);
+  return img;
+}
+
+// ------------------------------------------- one containerd per test process
+
+struct Shared {
+  bool tried = false;
+  std::string error;       // containerd or the image could not be made
+  std::string btrfs_skip;  // why the btrfs snapshotter is not available
+  std::unique_ptr<PrivateContainerd> ctrd;
+  std::unique_ptr<Image> image;  // two layers
+  std::unique_ptr<Image> many;   // five layers, built when first needed
+};
+
+Shared& shared() {
+  static Shared s;
+  if (s.tried) return s;
+  s.tried = true;
+  try {
+    s.image = build_image("localhost/urunc-bootfs-integ:1", 2);
+    s.btrfs_skip = PrivateContainerd::skip_reason(true);
+    if (s.btrfs_skip.empty()) {
+      try {
+        s.ctrd = std::make_unique<PrivateContainerd>(true);
+      } catch (const std::exception& e) {
+        s.btrfs_skip = std::string("containerd with a btrfs loop filesystem did not start: ") + e.what();
+      }
+    }
+    if (!s.ctrd) s.ctrd = std::make_unique<PrivateContainerd>(false);
+  } catch (const std::exception& e) {
+    s.error = e.what();
+    s.ctrd.reset();
+  }
+  return s;
+}
+
+// Stops the containerd (by its PID) and removes the images after the last
+// test, if a test started them.
+class SharedTeardown : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (!started()) return;
+    Shared& s = shared();
+    if (s.ctrd && !s.ctrd->stop()) std::cerr << "integration: containerd left something behind\n";
+    s.ctrd.reset();
+    s.image.reset();
+    s.many.reset();
+  }
+  static bool& started() {
+    static bool flag = false;
+    return flag;
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kSharedTeardown =
+    ::testing::AddGlobalTestEnvironment(new SharedTeardown);
+
+// Lets a test pause containerd (SIGSTOP) and always resumes it.
+class PausedContainerd {
+ public:
+  explicit PausedContainerd(pid_t pid) : pid_(pid) { paused_ = ::kill(pid_, SIGSTOP) == 0; }
+  ~PausedContainerd() { resume(); }
+  PausedContainerd(const PausedContainerd&) = delete;
+  PausedContainerd& operator=(const PausedContainerd&) = delete;
+  [[nodiscard]] bool paused() const { return paused_; }
+  void resume() {
+    if (paused_) ::kill(pid_, SIGCONT);
+    paused_ = false;
+  }
+
+ private:
+  pid_t pid_;
+  bool paused_ = false;
+};
+
+// ------------------------------------------------------------- the fixture
+
+class ContainerdTest : public ::testing::Test {
+ protected:
+  virtual std::string snapshotter() const { return "overlayfs"; }
+
+  void SetUp() override {
+    if (auto why = PrivateContainerd::skip_reason(); !why.empty()) GTEST_SKIP() << why;
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "/dev/fuse is not available";
+    ASSERT_EQ(::access(BootfsCli::bin().c_str(), X_OK), 0) << BootfsCli::bin() << " is not built";
+    ::unsetenv("CONTAINERD_ADDRESS");
+    ::unsetenv("CONTAINERD_NAMESPACE");
+    SharedTeardown::started() = true;
+    Shared& s = shared();
+    ASSERT_TRUE(s.error.empty()) << s.error;
+    if (snapshotter() == "btrfs" && !s.btrfs_skip.empty()) GTEST_SKIP() << "btrfs: " << s.btrfs_skip;
+    ctrd_ = s.ctrd.get();
+    image_ = s.image.get();
+    ASSERT_TRUE(ctrd_->running()) << "containerd is not running; log:\n" << ctrd_->log();
+    ns_ = namespace_for_this_test();
+    loops_before_ = our_loop_devices();
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    ns_ready_ = true;
+    auto imported = ctr({"images", "import", "--snapshotter", snapshotter(), image_->tar.string()});
+    ASSERT_TRUE(imported.ok()) << info->name() << ": import: " << imported.describe();
+    auto created = ctr({"containers", "create", "--snapshotter", snapshotter(), image_->ref, kContainer});
+    ASSERT_TRUE(created.ok()) << "containers create: " << created.describe();
+  }
+
+  void TearDown() override {
+    if (!ns_ready_) return;
+    // Whatever a test left mounted (a failed assertion) goes, lazily.
+    for (const auto& mnt : mountpoints_) release_leftover(mnt);
+    auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+    EXPECT_TRUE(gc.ok()) << gc.describe();
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{}) << "leases left in " << ns_;
+    EXPECT_EQ(ours_snapshots(), std::vector<std::string>{}) << "views left in " << ns_;
+    EXPECT_TRUE(cli_.state_files().empty()) << "state file left: " << cli_.state_files().front();
+    EXPECT_EQ(our_loop_devices(), loops_before_);
+    // The namespace's containers and images go too (their snapshots with them).
+    for (const auto& id : lines_of(ctr({"containers", "ls", "-q"}).out)) (void)ctr({"containers", "rm", id});
+    for (const auto& ref : lines_of(ctr({"images", "ls", "-q"}).out)) (void)ctr({"images", "rm", "--sync", ref});
+  }
+
+  // Unmounts (lazily) what a failed test left at `mnt`. A lazily detached
+  // mount is served until its last open file closes; a daemon still serving
+  // after a few seconds is stopped (SIGTERM: it releases; SIGKILL: gc does).
+  void release_leftover(const std::string& mnt) const {
+    if (cli_({"status", mnt}, kCliTimeout).ok()) {
+      const pid_t daemon = cli_.daemon_pid(mnt);
+      (void)cli_({"umount", "--lazy", "--timeout", "5000", mnt}, kCliTimeout);
+      const auto named = pids_with_cmdline_containing(mnt);
+      if (daemon > 0 && pid_alive(daemon) && std::ranges::find(named, daemon) != named.end()) {
+        ::kill(daemon, SIGTERM);
+        if (!wait_dead(daemon, 10s)) {
+          ::kill(daemon, SIGKILL);
+          (void)wait_dead(daemon);
+        }
+        (void)cli_({"umount", "--lazy", "--timeout", "5000", mnt}, kCliTimeout);
+      }
+    }
+    if (!mount_points_beneath(mnt).empty()) (void)::umount2(mnt.c_str(), MNT_DETACH);
+  }
+
+  // "it-<suite>-<test>[-<param>]", lower case, as containerd accepts it.
+  static std::string namespace_for_this_test() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string raw = std::string("it-") + info->test_suite_name() + "-" + info->name();
+    std::string out;
+    for (char c : raw) {
+      const bool alnum = std::isalnum(static_cast<unsigned char>(c)) != 0;
+      if (alnum)
+        out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      else if (!out.empty() && out.back() != '-')
+        out += '-';
+    }
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    // containerd allows 76 characters; keep long names unique with a hash.
+    if (out.size() > 60) {
+      char hash[17];
+      std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(out));
+      out.resize(40);
+      while (!out.empty() && out.back() == '-') out.pop_back();
+      out += std::string("-") + hash;
+    }
+    return out;
+  }
+
+  RunResult ctr(const std::vector<std::string>& args) const { return ctrd_->ctr_ns(ns_, args); }
+
+  // Lease ids and snapshot keys in this namespace made by urunc-bootfs.
+  std::vector<std::string> ours_leases() const {
+    std::vector<std::string> out;
+    auto r = ctr({"leases", "ls", "-q"});
+    EXPECT_TRUE(r.ok()) << r.describe();
+    for (const auto& line : lines_of(r.out))
+      if (starts_with(line, kPrefix)) out.push_back(line);
+    return out;
+  }
+  std::vector<std::string> ours_snapshots() const {
+    std::vector<std::string> out;
+    for (const auto& name : kAllSnapshotters) {
+      if (name == "btrfs" && !shared().btrfs_skip.empty()) continue;
+      for (const auto& key : snapshot_keys(name))
+        if (starts_with(key, kPrefix)) out.push_back(name + ":" + key);
+    }
+    return out;
+  }
+  std::vector<std::string> snapshot_keys(const std::string& name) const {
+    std::vector<std::string> out;
+    auto r = ctr({"snapshots", "--snapshotter", name, "ls"});
+    EXPECT_TRUE(r.ok()) << r.describe();
+    auto lines = lines_of(r.out);
+    for (std::size_t i = 1; i < lines.size(); ++i)  // line 0 is the header
+      out.push_back(lines[i].substr(0, lines[i].find(' ')));
+    return out;
+  }
+  std::vector<std::string> all_leases() const { return lines_of(ctr({"leases", "ls", "-q"}).out); }
+
+  std::string mountpoint(const std::string& name = "mnt") {
+    const std::string mnt = (tmp_ / name).string();
+    fs::create_directories(mnt);
+    mountpoints_.push_back(mnt);
+    return mnt;
+  }
+
+  // mount --address SOCK -n NS EXTRA... MNT
+  RunResult mount(const std::vector<std::string>& extra, const std::string& mnt) {
+    std::vector<std::string> args = {"mount", "--address", ctrd_->socket(), "-n", ns_};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(mnt);
+    return cli_(args, kCliTimeout);
+  }
+
+  // Served files are exactly the image's top view's kernel, initrd and
+  // urunc.json: the replaced kernel, never the decoy; nothing else is there.
+  void expect_serves_top_view(const std::string& mnt) const {
+    EXPECT_EQ(tree(mnt), kServedTree);
+    EXPECT_NE(image_->kernel, image_->decoy);
+    EXPECT_TRUE(read_file(mnt + "/.boot/kernel") == image_->kernel) << "not the top layer's kernel";
+    EXPECT_TRUE(read_file(mnt + "/.boot/rootfs.cpio.gz") == image_->initrd);
+    EXPECT_EQ(read_file(mnt + "/urunc.json"), image_->urunc_json);
+    EXPECT_TRUE(absent(mnt + "/.boot/extra")) << "the whited-out file is visible";
+    EXPECT_TRUE(absent(mnt + "/etc/hostname")) << "a file not named is served";
+    EXPECT_TRUE(absent(mnt + "/etc/motd"));
+    EXPECT_TRUE(absent(mnt + "/etc"));
+  }
+
+  // While mounted: the view is in no mount table, ours or the daemon's.
+  void expect_view_invisible(const nlohmann::json& status) const {
+    const pid_t daemon = status["daemon"]["pid"].get<pid_t>();
+    const auto& mounts = status["containerd"]["view_mounts"];
+    // Needles that would show the view: this containerd's snapshot
+    // directories (overlay lowerdirs, bind sources, as absolute or
+    // fs-relative paths) and, for btrfs, the view's own subvolume. (Other
+    // containerds, e.g. another test tier's, may mount their own meanwhile.)
+    const std::string root_needle =
+        (ctrd_->dir().parent_path().filename() / ctrd_->dir().filename() / "root").string();
+    std::vector<std::string> subvol_needles;
+    for (const auto& m : mounts) {
+      const auto text = m.get<std::string>();
+      if (auto p = text.find("subvolid="); p != std::string::npos) {
+        const auto end = text.find_first_of(", ", p);
+        subvol_needles.push_back(text.substr(p, end - p) + ",");
+      }
+    }
+    for (const std::string& who : {std::string("self"), std::to_string(daemon)}) {
+      const std::string table = read_proc("/proc/" + who + "/mountinfo");
+      ASSERT_FALSE(table.empty()) << "cannot read /proc/" << who << "/mountinfo";
+      for (const auto& line : lines_of(table)) {
+        EXPECT_FALSE(contains(line, root_needle)) << "/proc/" << who << "/mountinfo shows the view: " << line;
+        if (contains(line, " - btrfs ")) {
+          for (const auto& needle : subvol_needles)
+            EXPECT_FALSE(contains(line + ",", needle)) << "/proc/" << who << "/mountinfo: " << line;
+        }
+      }
+    }
+    // Same mount namespace, and its table holds nothing ours does not.
+    EXPECT_EQ(read_link("/proc/self/ns/mnt"), read_link("/proc/" + std::to_string(daemon) + "/ns/mnt"));
+  }
+
+  // Loop devices over files of this containerd (its btrfs image, blockfile
+  // images) or over other block devices (a loop on the harness's loop).
+  // Other processes' loop devices (other test tiers) are not counted.
+  std::vector<std::string> our_loop_devices() const {
+    auto out = loop_devices_backed_by(ctrd_->dir().string());
+    for (auto& dev : loop_devices_backed_by("/dev/")) out.push_back(dev);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  static std::string read_link(const std::string& path) {
+    std::error_code ec;
+    return fs::read_symlink(path, ec).string();
+  }
+
+  // After umount: no lease, no view, no loop device, no mount, no daemon,
+  // no state file.
+  void expect_released(const std::string& mnt, pid_t daemon) const {
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{});
+    EXPECT_EQ(ours_snapshots(), std::vector<std::string>{});
+    EXPECT_EQ(our_loop_devices(), loops_before_) << "a loop device appeared";
+    EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
+    EXPECT_FALSE(pid_alive(daemon)) << "daemon " << daemon << " still runs";
+    cli_.expect_nothing_left(mnt);
+  }
+
+  // After a failed mount: nothing at all was left behind.
+  void expect_nothing_left_after_failure(const std::string& mnt) const {
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{});
+    EXPECT_EQ(ours_snapshots(), std::vector<std::string>{});
+    EXPECT_EQ(our_loop_devices(), loops_before_);
+    EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
+    cli_.expect_nothing_left(mnt);
+  }
+
+  nlohmann::json status_json(const std::string& mnt) const { return cli_.status(mnt); }
+
+  pid_t kill_daemon(const std::string& mnt) const {
+    const pid_t pid = cli_.daemon_pid(mnt);
+    EXPECT_GT(pid, 0);
+    if (pid <= 0) return pid;
+    EXPECT_EQ(::kill(pid, SIGKILL), 0);
+    EXPECT_TRUE(wait_dead(pid)) << "daemon " << pid << " survived SIGKILL";
+    return pid;
+  }
+
+  TempDir tmp_{"urunc-bootfs-integ"};
+  BootfsCli cli_;
+  PrivateContainerd* ctrd_ = nullptr;
+  Image* image_ = nullptr;
+  std::string ns_;
+  bool ns_ready_ = false;
+  std::vector<std::string> loops_before_;
+  std::vector<std::string> mountpoints_;
+};
+
+// A committed snapshot's view made directly (not by urunc-bootfs), under a
+// lease of its own, mounted in the mount table with ctr's own mount command:
+// the reference the served files are compared with.
+class ReferenceView {
+ public:
+  ReferenceView(const PrivateContainerd& ctrd, const std::string& ns, const std::string& snapshotter,
+                const std::string& parent, const fs::path& target)
+      : ns_(ns), snapshotter_(snapshotter), target_(target) {
+    snap::ClientOptions options;
+    options.address = ctrd.socket();
+    options.ns = ns;
+    options.timeout = 10s;
+    auto client = snap::Client::connect(options);
+    if (!client) throw std::runtime_error(client.error().to_string());
+    client_ = std::move(*client);
+    if (auto lease = client_->create_lease(lease_, {}); !lease)
+      throw std::runtime_error(lease.error().to_string());
+    if (auto view = client_->view(snapshotter, key_, parent, {}, lease_); !view)
+      throw std::runtime_error(view.error().to_string());
+    fs::create_directories(target_);
+    auto cmd = ctrd.ctr_ns(ns, {"snapshots", "--snapshotter", snapshotter, "mounts", target_.string(), key_});
+    if (!cmd.ok()) throw std::runtime_error("ctr snapshots mounts: " + cmd.describe());
+    auto mounted = run({"sh", "-ec", cmd.out}, {}, kCliTimeout);
+    if (!mounted.ok()) throw std::runtime_error("mount the reference view: " + mounted.describe());
+    mounted_ = true;
+    command_ = cmd.out;
+  }
+  ~ReferenceView() {
+    if (mounted_) ::umount2(target_.c_str(), MNT_DETACH);
+    if (client_) {
+      (void)client_->remove(snapshotter_, key_);
+      (void)client_->delete_lease(lease_, true);
+    }
+  }
+  ReferenceView(const ReferenceView&) = delete;
+  ReferenceView& operator=(const ReferenceView&) = delete;
+  [[nodiscard]] const fs::path& root() const { return target_; }
+  // The `mount ...` command line it was mounted with.
+  [[nodiscard]] const std::string& command() const { return command_; }
+
+ private:
+  std::string ns_, snapshotter_;
+  fs::path target_;
+  std::string lease_ = "integration-test/reference-lease";
+  std::string key_ = "integration-test/reference-view";
+  std::unique_ptr<snap::Client> client_;
+  bool mounted_ = false;
+  std::string command_;
+};
+
+// =============================================== every snapshotter, by name
+
+class Snapshotter : public ContainerdTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  std::string snapshotter() const override { return GetParam(); }
+};
+
+// mount --container: the top view's files, byte for byte; the view in no
+// mount table; status/list describe it; umount leaves containerd as it was.
+TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  expect_serves_top_view(mnt);
+
+  // Byte-identical to containerd's own view of the image's top snapshot.
+  {
+    ReferenceView ref(*ctrd_, ns_, snapshotter(), image_->chain_id, tmp_ / "reference");
+    ASSERT_FALSE(tree(ref.root().string()).empty());
+    for (const auto& path : kServedTree) {
+      const fs::path served = mnt + path, reference = ref.root().string() + path;
+      if (fs::is_directory(served)) continue;
+      EXPECT_TRUE(read_file(served) == read_file(reference)) << path << " differs from the view";
+    }
+    EXPECT_TRUE(fs::exists(ref.root() / "etc/hostname")) << "the reference view is not the image";
+    EXPECT_FALSE(fs::exists(ref.root() / ".boot/extra")) << "the top view shows the whited-out file";
+
+    // The visibility check below is not vacuous: it does see a view that
+    // is in the mount table (this reference one).
+    nlohmann::json fake = {{"daemon", {{"pid", cli_.daemon_pid(mnt)}}},
+                           {"containerd", {{"view_mounts", {ref.command()}}}}};
+    ::testing::TestPartResultArray seen;
+    {
+      ::testing::ScopedFakeTestPartResultReporter intercept(
+          ::testing::ScopedFakeTestPartResultReporter::INTERCEPT_ONLY_CURRENT_THREAD, &seen);
+      expect_view_invisible(fake);
+    }
+    EXPECT_GT(seen.size(), 0) << "the check misses a view mounted at " << ref.root() << " by: " << ref.command();
+  }
+
+  // status --json: namespace, container, snapshotter, view key, lease id
+  // and the view's mounts, all true of containerd.
+  const auto st = status_json(mnt);
+  ASSERT_TRUE(st.contains("containerd")) << st.dump(2);
+  const auto& cd = st["containerd"];
+  EXPECT_EQ(st["source"], "containerd");
+  EXPECT_EQ(cd["namespace"], ns_);
+  EXPECT_EQ(cd["container"], kContainer);
+  EXPECT_EQ(cd["snapshotter"], snapshotter());
+  EXPECT_EQ(cd["parent"], image_->chain_id);
+  EXPECT_EQ(cd["address"], ctrd_->socket());
+  const std::string view = cd["view"], lease = cd["lease"];
+  EXPECT_TRUE(starts_with(view, kPrefix)) << view;
+  EXPECT_TRUE(starts_with(lease, kPrefix)) << lease;
+  ASSERT_FALSE(cd["view_mounts"].empty()) << st.dump(2);
+  const std::string first_mount = cd["view_mounts"][0];
+  const std::string expected_type = snapshotter() == "overlayfs" ? "overlay " : snapshotter() == "native" ? "bind " : "btrfs ";
+  EXPECT_TRUE(starts_with(first_mount, expected_type)) << first_mount;
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease});
+  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view});
+  auto human = cli_({"status", mnt}, kCliTimeout);
+  ASSERT_TRUE(human.ok()) << human.describe();
+  for (const auto& needle : {ns_, view, lease, snapshotter()}) EXPECT_TRUE(contains(human.out, needle)) << human.out;
+
+  // list --json lists this mount.
+  auto list = cli_({"list", "--json"}, kCliTimeout);
+  ASSERT_TRUE(list.ok()) << list.describe();
+  const auto all = nlohmann::json::parse(list.out);
+  ASSERT_EQ(all.size(), 1u) << list.out;
+  EXPECT_EQ(all[0]["mountpoint"], mnt);
+  EXPECT_EQ(all[0]["containerd"]["view"], view);
+  EXPECT_EQ(all[0]["alive"], true);
+
+  expect_view_invisible(st);
+
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// mount --bundle .../io.containerd.runtime.v2.task/<ns>/<id>: namespace and
+// container come from the path; the default mountpoint is <bundle>/boot.
+TEST_P(Snapshotter, MountByBundle) {
+  const fs::path bundle = tmp_ / "io.containerd.runtime.v2.task" / ns_ / kContainer;
+  fs::create_directories(bundle / "rootfs");
+  write_file(bundle / "config.json", R"({"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{}})");
+  const std::string mnt = (bundle / "boot").string();
+  mountpoints_.push_back(mnt);
+  auto r = cli_({"mount", "--address", ctrd_->socket(), "--bundle", bundle.string()}, kCliTimeout);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  expect_serves_top_view(mnt);
+  const auto st = status_json(mnt);
+  EXPECT_EQ(st["containerd"]["namespace"], ns_);
+  EXPECT_EQ(st["containerd"]["container"], kContainer);
+  EXPECT_EQ(st["containerd"]["snapshotter"], snapshotter());
+  EXPECT_EQ(st["origin"], "urunc.json");
+  EXPECT_EQ(ours_leases().size(), 1u);
+  expect_view_invisible(st);
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// --snapshot KEY --snapshotter NAME: a container's active snapshot.
+TEST_P(Snapshotter, MountBySnapshotKey) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--snapshot", kContainer, "--snapshotter", snapshotter()}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  expect_serves_top_view(mnt);
+  const auto st = status_json(mnt);
+  EXPECT_EQ(st["containerd"]["parent"], image_->chain_id);
+  EXPECT_EQ(st["containerd"]["snapshotter"], snapshotter());
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// --parent KEY --snapshotter NAME: a committed snapshot (the image's top).
+TEST_P(Snapshotter, MountByParentKey) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--parent", image_->chain_id, "--snapshotter", snapshotter()}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  expect_serves_top_view(mnt);
+  const auto st = status_json(mnt);
+  EXPECT_EQ(st["containerd"]["parent"], image_->chain_id);
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// Naming the whited-out file fails once the view is attached (it is not in
+// the top view), and the lease, view and detached mount are all undone.
+TEST_P(Snapshotter, WhitedOutFileIsNotFoundAndTheFailedMountUndoesItself) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", kContainer, "--kernel", "/.boot/extra"}, mnt);
+  EXPECT_EQ(r.exit_code, 3) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, "/.boot/extra")) << r.err;
+  expect_nothing_left_after_failure(mnt);
+}
+
+// Real images have many layers: an overlay view of five of them has a
+// lowerdir list longer than the 255 bytes one fsconfig() string may hold, so
+// it must still be attached (one "lowerdir+" per layer, not one string).
+TEST_P(Snapshotter, ImageWithFiveLayers) {
+  Shared& s = shared();
+  if (!s.many) {
+    ASSERT_NO_THROW(s.many = build_image("localhost/urunc-bootfs-integ-many:1", 5));
+  }
+  const Image& many = *s.many;
+  auto imported = ctr({"images", "import", "--snapshotter", snapshotter(), many.tar.string()});
+  ASSERT_TRUE(imported.ok()) << imported.describe();
+  auto created = ctr({"containers", "create", "--snapshotter", snapshotter(), many.ref, "c5"});
+  ASSERT_TRUE(created.ok()) << created.describe();
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", "c5"}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  expect_serves_top_view(mnt);
+  const auto st = status_json(mnt);
+  EXPECT_EQ(st["containerd"]["parent"], many.chain_id);
+  if (snapshotter() == "overlayfs") {
+    const std::string spec = st["containerd"]["view_mounts"][0];
+    EXPECT_EQ(std::count(spec.begin(), spec.end(), ':'), many.layers - 1) << spec;
+  }
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+INSTANTIATE_TEST_SUITE_P(Containerd, Snapshotter, ::testing::ValuesIn(kAllSnapshotters),
+                         [](const auto& p) { return p.param; });
+
+// ================================================ artifacts from the bundle
+
+using ContainerdMount = ContainerdTest;
+
+// The bundle's config.json annotations win over /urunc.json (plain values).
+TEST_F(ContainerdMount, BundleAnnotationsTakePrecedence) {
+  const fs::path bundle = tmp_ / "io.containerd.runtime.v2.task" / ns_ / kContainer;
+  fs::create_directories(bundle);
+  write_file(bundle / "config.json",
+             R"({"ociVersion":"1.0.2","annotations":{"com.urunc.unikernel.binary":"/.boot/kernel",)"
+             R"("com.urunc.unikernel.hypervisor":"qemu"}})");
+  const std::string mnt = mountpoint();
+  auto r = cli_({"mount", "--address", ctrd_->socket(), "--bundle", bundle.string(), mnt}, kCliTimeout);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(tree(mnt), (std::set<std::string>{"/.boot", "/.boot/kernel", "/urunc.json"}));
+  EXPECT_TRUE(read_file(mnt + "/.boot/kernel") == image_->kernel);
+  const auto st = status_json(mnt);
+  EXPECT_EQ(st["origin"], "annotations");
+  EXPECT_EQ(st["containerd"]["namespace"], ns_);
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// =========================================================== errors
+
+using ContainerdErrors = ContainerdTest;
+
+TEST_F(ContainerdErrors, UnknownContainer) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", "no-such-container"}, mnt);
+  EXPECT_EQ(r.exit_code, 3) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, "\"no-such-container\"")) << r.err;
+  EXPECT_TRUE(contains(r.err, ns_)) << r.err;
+  expect_nothing_left_after_failure(mnt);
+}
+
+TEST_F(ContainerdErrors, UnknownSnapshotter) {
+  for (const auto& how : std::vector<std::vector<std::string>>{
+           {"--snapshot", kContainer, "--snapshotter", "no-such-snapshotter"},
+           {"--parent", image_->chain_id, "--snapshotter", "no-such-snapshotter"},
+           {"--container", kContainer, "--snapshotter", "no-such-snapshotter"}}) {
+    SCOPED_TRACE(join(how));
+    const std::string mnt = mountpoint("mnt" + std::to_string(mountpoints_.size()));
+    auto r = mount(how, mnt);
+    // containerd answers INVALID_ARGUMENT ("snapshotter not loaded"): 6.
+    EXPECT_EQ(r.exit_code, 6) << r.describe();
+    expect_one_line_error(r);
+    EXPECT_TRUE(contains(r.err, "\"no-such-snapshotter\"")) << r.err;
+    EXPECT_TRUE(contains(r.err, "not loaded")) << r.err;
+    expect_nothing_left_after_failure(mnt);
+  }
+}
+
+// A socket path that does not exist: exit 4, quickly, nothing left.
+TEST_F(ContainerdErrors, ContainerdNotRunning) {
+  const std::string mnt = mountpoint();
+  const std::string sock = (tmp_ / "no-containerd" / "containerd.sock").string();
+  const auto start = std::chrono::steady_clock::now();
+  auto r = cli_({"mount", "--address", sock, "-n", ns_, "--timeout", "2000", "--container", kContainer, mnt},
+                kCliTimeout);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.exit_code, 4) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, sock)) << r.err;
+  EXPECT_LT(took, 10s);
+  expect_nothing_left_after_failure(mnt);
+
+  auto gc = cli_({"gc", "--address", sock, "-n", ns_, "--timeout", "2000"}, kCliTimeout);
+  EXPECT_EQ(gc.exit_code, 4) << gc.describe();
+  EXPECT_TRUE(contains(gc.err, sock)) << gc.err;
+}
+
+// A socket that exists but that nobody listens on (a containerd that died):
+// exit 4 within the --timeout bound.
+TEST_F(ContainerdErrors, StaleSocketNobodyListens) {
+  const std::string sock = (tmp_ / "stale.sock").string();
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(sock.size(), sizeof addr.sun_path);
+  std::memcpy(addr.sun_path, sock.c_str(), sock.size() + 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+  const std::string mnt = mountpoint();
+  const auto start = std::chrono::steady_clock::now();
+  auto r = cli_({"mount", "--address", sock, "-n", ns_, "--timeout", "2000", "--container", kContainer, mnt},
+                kCliTimeout);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ::close(fd);
+  EXPECT_EQ(r.exit_code, 4) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, sock)) << r.err;
+  EXPECT_LT(took, 10s);
+  expect_nothing_left_after_failure(mnt);
+}
+
+// The container's own active snapshot is not committed: a view of it is
+// refused with 7 before any lease exists.
+TEST_F(ContainerdErrors, ParentNotCommitted) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--parent", kContainer, "--snapshotter", snapshotter()}, mnt);
+  EXPECT_EQ(r.exit_code, 7) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, "\"" + std::string(kContainer) + "\"")) << r.err;
+  EXPECT_TRUE(contains(r.err, "not committed")) << r.err;
+  expect_nothing_left_after_failure(mnt);
+}
+
+TEST_F(ContainerdErrors, ParentDoesNotExist) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--parent", "sha256:0000", "--snapshotter", snapshotter()}, mnt);
+  EXPECT_EQ(r.exit_code, 3) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, "sha256:0000")) << r.err;
+  expect_nothing_left_after_failure(mnt);
+}
+
+TEST_F(ContainerdErrors, SnapshotWithoutSnapshotterIsAUsageError) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--snapshot", kContainer}, mnt);
+  EXPECT_EQ(r.exit_code, 2) << r.describe();
+  expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, "--snapshotter")) << r.err;
+  expect_nothing_left_after_failure(mnt);
+}
+
+// A second mount on a served mountpoint: 7, and the first is untouched.
+TEST_F(ContainerdErrors, MountpointAlreadyServed) {
+  const std::string mnt = mountpoint();
+  auto first = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(first.ok()) << first.describe();
+  const auto leases = ours_leases();
+  auto second = mount({"--container", kContainer}, mnt);
+  EXPECT_EQ(second.exit_code, 7) << second.describe();
+  expect_one_line_error(second);
+  EXPECT_TRUE(contains(second.err, mnt)) << second.err;
+  EXPECT_EQ(ours_leases(), leases) << "the refused mount created a lease";
+  expect_serves_top_view(mnt);
+  const pid_t daemon = cli_.daemon_pid(mnt);
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// The CLI makes a unique view key and lease id per mount, so a conflict
+// cannot be forced through it: the client call itself must map containerd's
+// ALREADY_EXISTS, naming the key.
+TEST_F(ContainerdErrors, ViewKeyAndLeaseIdThatAlreadyExist) {
+  snap::ClientOptions options;
+  options.address = ctrd_->socket();
+  options.ns = ns_;
+  options.timeout = 10s;
+  auto client = snap::Client::connect(options);
+  ASSERT_TRUE(client) << client.error().to_string();
+  const std::string lease = std::string(kPrefix) + "integration-test-lease";
+  const std::string key = std::string(kPrefix) + "integration-test-view";
+  ASSERT_TRUE((*client)->create_lease(lease, {}));
+  auto again = (*client)->create_lease(lease, {});
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().kind, urunc::bootfs::ErrorKind::already_exists) << again.error().to_string();
+  EXPECT_TRUE(contains(again.error().to_string(), lease)) << again.error().to_string();
+
+  auto view = (*client)->view(snapshotter(), key, image_->chain_id, {}, lease);
+  ASSERT_TRUE(view) << view.error().to_string();
+  auto dup = (*client)->view(snapshotter(), key, image_->chain_id, {}, lease);
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().kind, urunc::bootfs::ErrorKind::already_exists) << dup.error().to_string();
+  EXPECT_EQ(urunc::bootfs::exit_code(dup.error().kind), 7);
+  EXPECT_TRUE(contains(dup.error().to_string(), key)) << dup.error().to_string();
+  EXPECT_TRUE(contains(dup.error().to_string(), snapshotter())) << dup.error().to_string();
+
+  EXPECT_TRUE((*client)->remove(snapshotter(), key));
+  EXPECT_TRUE((*client)->delete_lease(lease, true));
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{});
+  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{});
+}
+
+// ================================================================= gc
+
+using ContainerdGc = ContainerdTest;
+
+// kill -9 of the daemon, then gc: the orphaned lease and view go, gc says
+// so, and the dead FUSE mount and its state file go with them.
+TEST_F(ContainerdGc, KillNineThenGcRemovesTheOrphan) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto st = status_json(mnt);
+  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const pid_t daemon = kill_daemon(mnt);
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must outlive a killed daemon";
+
+  auto dry = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_, "--dry-run"}, kCliTimeout);
+  ASSERT_TRUE(dry.ok()) << dry.describe();
+  EXPECT_TRUE(contains(dry.out, lease)) << dry.out;
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "--dry-run removed something";
+
+  auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  ASSERT_TRUE(gc.ok()) << gc.describe();
+  EXPECT_TRUE(contains(gc.out, lease)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, view)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, mnt)) << gc.out;
+  expect_released(mnt, daemon);
+
+  auto again = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  ASSERT_TRUE(again.ok()) << again.describe();
+  EXPECT_TRUE(contains(again.out, "nothing to collect")) << again.out;
+}
+
+// The same, with the local record lost too (no state file, the dead FUSE
+// mount gone): gc finds the orphan by its lease labels alone.
+TEST_F(ContainerdGc, KillNineWithoutStateFileGcFindsTheLeaseByItsLabels) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto st = status_json(mnt);
+  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const pid_t daemon = kill_daemon(mnt);
+  for (const auto& f : cli_.state_files()) fs::remove(f);
+  ASSERT_EQ(::umount2(mnt.c_str(), MNT_DETACH), 0) << std::strerror(errno);
+
+  auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  ASSERT_TRUE(gc.ok()) << gc.describe();
+  EXPECT_TRUE(contains(gc.out, "removed lease " + lease)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, view)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, std::to_string(daemon))) << gc.out;
+  expect_released(mnt, daemon);
+}
+
+// A second mount of the same container elsewhere runs gc for its namespace
+// first: the killed daemon's lease and view are gone once it returns.
+TEST_F(ContainerdGc, SecondMountCleansUpAfterTheKilledOne) {
+  const std::string mnt1 = mountpoint("mnt1"), mnt2 = mountpoint("mnt2");
+  auto r = mount({"--container", kContainer}, mnt1);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto st1 = status_json(mnt1);
+  const std::string view1 = st1["containerd"]["view"], lease1 = st1["containerd"]["lease"];
+  const pid_t daemon1 = kill_daemon(mnt1);
+
+  auto r2 = mount({"--container", kContainer}, mnt2);
+  ASSERT_TRUE(r2.ok()) << r2.describe();
+  const auto st2 = status_json(mnt2);
+  const std::string view2 = st2["containerd"]["view"], lease2 = st2["containerd"]["lease"];
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease2}) << "the killed mount's lease was not collected";
+  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view2})
+      << "the killed mount's view was not collected";
+  expect_serves_top_view(mnt2);
+
+  const pid_t daemon2 = st2["daemon"]["pid"].get<pid_t>();
+  auto u2 = cli_({"umount", mnt2}, kCliTimeout);
+  ASSERT_TRUE(u2.ok()) << u2.describe();
+  // The dead mountpoint is still cleaned by umount (its lease already went).
+  auto u1 = cli_({"umount", mnt1}, kCliTimeout);
+  ASSERT_TRUE(u1.ok()) << u1.describe();
+  expect_released(mnt1, daemon1);
+  expect_released(mnt2, daemon2);
+}
+
+// A new mount on the very mountpoint of a killed daemon finishes the old
+// release first, then serves.
+TEST_F(ContainerdGc, RemountOnTheKilledDaemonsMountpoint) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const std::string lease1 = status_json(mnt)["containerd"]["lease"];
+  const pid_t daemon1 = kill_daemon(mnt);
+
+  auto r2 = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(r2.ok()) << r2.describe();
+  const auto st2 = status_json(mnt);
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{st2["containerd"]["lease"].get<std::string>()});
+  EXPECT_NE(st2["containerd"]["lease"], lease1);
+  expect_serves_top_view(mnt);
+  EXPECT_FALSE(pid_alive(daemon1));
+  const pid_t daemon2 = st2["daemon"]["pid"].get<pid_t>();
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon2);
+}
+
+// gc never takes what a live mount holds.
+TEST_F(ContainerdGc, LiveMountIsNotCollected) {
+  const std::string mnt = mountpoint();
+  auto r = mount({"--container", kContainer}, mnt);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto before = ours_leases();
+  auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  ASSERT_TRUE(gc.ok()) << gc.describe();
+  EXPECT_TRUE(contains(gc.out, "nothing to collect")) << gc.out;
+  auto all = cli_({"gc", "--address", ctrd_->socket(), "--all-namespaces"}, kCliTimeout);
+  ASSERT_TRUE(all.ok()) << all.describe();
+  EXPECT_EQ(ours_leases(), before);
+  expect_serves_top_view(mnt);
+  const pid_t daemon = cli_.daemon_pid(mnt);
+  auto u = cli_({"umount", mnt}, kCliTimeout);
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_released(mnt, daemon);
+}
+
+// ============================================================= release
+
+using ContainerdRelease = ContainerdTest;
+
+// containerd unreachable at release (paused with SIGSTOP): the daemon
+// retries for its bounded budget, umount says so with exit 4, the lease
+// stays labelled; once containerd is back, gc finishes the release.
+TEST_F(ContainerdRelease, UnreachableAtReleaseLeavesItForGc) {
+  const std::string mnt = mountpoint();
+  RunResult r;
+  {
+    ScopedEnv budget("URUNC_BOOTFS_RELEASE_TIMEOUT_MS", "1500");
+    r = mount({"--container", kContainer, "--timeout", "1000"}, mnt);
+  }
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto st = status_json(mnt);
+  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
+
+  RunResult u;
+  std::chrono::steady_clock::duration took{};
+  {
+    PausedContainerd paused(ctrd_->pid());
+    ASSERT_TRUE(paused.paused());
+    const auto start = std::chrono::steady_clock::now();
+    u = cli_({"umount", mnt}, kCliTimeout);
+    took = std::chrono::steady_clock::now() - start;
+  }
+  EXPECT_EQ(u.exit_code, 4) << u.describe();
+  expect_one_line_error(u);
+  EXPECT_TRUE(contains(u.err, "gc")) << u.err;
+  EXPECT_LT(took, 20s);
+  EXPECT_FALSE(pid_alive(daemon));
+  EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{}) << "the FUSE mount is still there";
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must stay for gc";
+  auto status = cli_.status(mnt);
+  EXPECT_EQ(status["phase"], "release-failed") << status.dump(2);
+
+  auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  ASSERT_TRUE(gc.ok()) << gc.describe();
+  EXPECT_TRUE(contains(gc.out, lease)) << gc.out;
+  expect_released(mnt, daemon);
+}
+
+}  // namespace
+}  // namespace urunc_bootfs::test
