@@ -19,11 +19,35 @@
 #include "state.h"
 #include "urunc_bootfs/snapshot/client.h"
 #include "urunc_bootfs/snapshot/detached_mount.h"
+#include "urunc_bootfs/snapshot/devmapper.h"
 #include "urunc_bootfs/snapshot/owner.h"
 
 namespace urunc::bootfs::cli {
 namespace {
 namespace snap = urunc::bootfs::snapshot;
+namespace dm = urunc::bootfs::snapshot::devmapper;
+
+// How long a devmapper view's device node may take to appear (udev), and
+// how long release waits for the device to be let go of.
+constexpr std::chrono::seconds kDeviceNodeTimeout{10};
+constexpr std::chrono::seconds kDeviceReleaseTimeout{2};
+
+DevmapperState devmapper_state(const dm::Inspection& inspection) {
+  DevmapperState out;
+  out.device = inspection.device;
+  out.check = inspection.check;
+  if (inspection.skipped) return out;
+  out.name = inspection.info.name;
+  out.uuid = inspection.info.uuid;
+  out.major = inspection.info.major;
+  out.minor = inspection.info.minor;
+  out.open_count = inspection.info.open_count;
+  out.live_table = inspection.info.live_table;
+  out.suspended = inspection.info.suspended;
+  for (const auto& line : inspection.table)
+    out.table += (out.table.empty() ? "" : "; ") + dm::format_table_line(line);
+  return out;
+}
 
 // How long release keeps retrying while containerd is unreachable.
 std::chrono::milliseconds release_budget() {
@@ -41,14 +65,17 @@ void test_stop_point(std::string_view step) {
 }
 
 // Runs `call` until it succeeds, fails with something other than
-// "unavailable", or the budget is spent; waits grow from 100 ms to 2 s.
+// "unavailable", or the budget is spent; waits grow from 100 ms to 2 s, and
+// the last one is cut short so that one more try happens at the deadline.
 Status with_backoff(const std::function<Status()>& call, std::string_view what) {
   const auto deadline = std::chrono::steady_clock::now() + release_budget();
   auto wait = std::chrono::milliseconds(100);
   while (true) {
     auto result = call();
     if (result || result.error().kind != ErrorKind::unavailable) return result;
-    if (std::chrono::steady_clock::now() + wait > deadline) return result;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return result;
+    wait = std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
     spdlog::warn("{}: {}; retrying in {} ms", what, result.error().to_string(), wait.count());
     std::this_thread::sleep_for(wait);
     wait = std::min(wait * 2, std::chrono::milliseconds(2000));
@@ -130,11 +157,28 @@ class ContainerdSource final : public Source {
     UB_TRY(save_state(state_));
     test_stop_point("view");
 
+    // A devmapper view is a thin device whose node udev may create a moment
+    // after View returns: wait for it, and check it before mounting (a
+    // suspended device would block the mount's first read).
+    const auto device = mounts->size() == 1 ? dm::device_from_source(mounts->front().source) : std::nullopt;
+    if (device) {
+      auto checked = dm::inspect(*device, kDeviceNodeTimeout);
+      if (!checked) return std::unexpected(std::move(checked).error().at("check device"));
+    }
+
     auto attached = snap::mount_detached(*mounts);
     if (!attached) return std::unexpected(std::move(attached).error().at("attach view"));
     mount_.emplace(std::move(*attached));
     if (const auto loop = mount_->loop_device(); !loop.empty())
       cd.view_mounts.push_back("loop device " + loop);
+    if (device) {
+      // Recorded as attached: the view's mount is now one of its openers.
+      auto inspected = dm::inspect(*device, kDeviceNodeTimeout);
+      if (!inspected) return std::unexpected(std::move(inspected).error().at("check device"));
+      cd.devmapper = devmapper_state(*inspected);
+      spdlog::info("devmapper view {}: {}", device->path, inspected->check);
+      if (!inspected->skipped) device_.emplace(std::move(*inspected));
+    }
     UB_TRY(save_state(state_));
     test_stop_point("attach");
     return {};
@@ -147,6 +191,7 @@ class ContainerdSource final : public Source {
   Status release() override {
     mount_.reset();
     released_ = true;
+    confirm_device_released();
     return release_with(client_.get(), *state_.containerd);
   }
 
@@ -187,9 +232,38 @@ class ContainerdSource final : public Source {
     return {};
   }
 
+  // With the view's mount gone, this process must no longer hold its
+  // device (else removing the view fails, or worse, it stays open). Only
+  // reported: the view and lease are released either way.
+  void confirm_device_released() {
+    if (!state_.containerd->devmapper) return;
+    auto& record = *state_.containerd->devmapper;
+    if (!device_) {
+      if (record.released.empty() && record.check != "ok") record.released = record.check;
+      return;
+    }
+    auto verdict = dm::confirm_released(*device_, kDeviceReleaseTimeout);
+    device_.reset();
+    if (!verdict) {
+      record.released = "unknown: " + verdict.error().to_string();
+      spdlog::warn("devmapper view {}: {}", record.device, record.released);
+      return;
+    }
+    record.released = dm::hold_name(*verdict);
+    if (*verdict == dm::Hold::held_by_us)
+      spdlog::error("devmapper view {} ({}) is still held by this process after release", record.device,
+                    record.name);
+    else if (*verdict == dm::Hold::held_by_others)
+      spdlog::warn("devmapper view {} ({}): not held by urunc-bootfs, but still open by another opener",
+                   record.device, record.name);
+    else
+      spdlog::info("devmapper view {} ({}): released, device {}", record.device, record.name, record.released);
+  }
+
   std::unique_ptr<snap::Client> client_;
   MountState& state_;
   std::optional<snap::DetachedMount> mount_;
+  std::optional<dm::Inspection> device_;  // a checked devmapper view's device
   bool released_ = false;
 };
 
@@ -214,9 +288,16 @@ Result<std::unique_ptr<Source>> open_containerd_source(const ContainerdRequest& 
   if (auto ok = source->setup(request, state.mountpoint); !ok) {
     // The source's destructor releases whatever setup created.
     auto released = source->release();
-    if (!released) return std::unexpected(make_error(
-        released.error().kind, ok.error().to_string() + "; and release failed: " +
-                                   released.error().to_string()));
+    if (!released) {
+      // What could not be undone stays recorded for `umount` and `gc`.
+      state.phase = "release-failed";
+      state.last_error = released.error().to_string();
+      (void)save_state(state);
+      return std::unexpected(make_error(released.error().kind,
+                                        ok.error().to_string() + "; and release failed: " +
+                                            released.error().to_string() +
+                                            " (left labelled for `urunc-bootfs gc`)"));
+    }
     return std::unexpected(std::move(ok).error());
   }
   return std::unique_ptr<Source>(std::move(source));

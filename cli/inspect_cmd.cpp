@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "state.h"
 #include "urunc_bootfs/artifact_fs.h"
+#include "urunc_bootfs/snapshot/devmapper.h"
 
 namespace urunc::bootfs::cli {
 namespace {
@@ -35,6 +36,17 @@ std::string human_size(std::int64_t bytes) {
   return out;
 }
 
+// The device of a devmapper view as the kernel sees it now (when it was
+// checked at mount and device-mapper can be asked here).
+std::optional<snapshot::devmapper::Info> live_devmapper(const MountState& state) {
+  if (!state.containerd || !state.containerd->devmapper || state.containerd->devmapper->check != "ok")
+    return std::nullopt;
+  const auto& d = *state.containerd->devmapper;
+  auto info = snapshot::devmapper::info({{}, d.major, d.minor});
+  if (!info || !info->exists || info->name != d.name) return std::nullopt;
+  return *info;
+}
+
 nlohmann::json full_json(const MountState& state) {
   nlohmann::json doc = to_json(state);
   const bool alive = process_alive(state.daemon);
@@ -42,7 +54,26 @@ nlohmann::json full_json(const MountState& state) {
   if (alive) {
     if (auto counters = live_counters(state.mountpoint)) doc["counters"] = *counters;
   }
+  if (auto live = live_devmapper(state))
+    doc["containerd"]["devmapper"]["live"] = {{"open_count", live->open_count},
+                                              {"suspended", live->suspended},
+                                              {"live_table", live->live_table}};
   return doc;
+}
+
+void print_devmapper(const MountState& state) {
+  const auto& d = *state.containerd->devmapper;
+  std::printf("devmapper:   %s: %s\n", d.device.c_str(), d.check.c_str());
+  if (d.check != "ok") return;
+  std::printf("  device:    %s (uuid %s), %u:%u\n", d.name.c_str(), d.uuid.empty() ? "-" : d.uuid.c_str(),
+              d.major, d.minor);
+  std::printf("  state:     %s, %s, open count %d at mount\n", d.live_table ? "active" : "inactive",
+              d.suspended ? "suspended" : "not suspended", d.open_count);
+  if (auto live = live_devmapper(state))
+    std::printf("  now:       %s, %s, open count %d\n", live->live_table ? "active" : "inactive",
+                live->suspended ? "suspended" : "not suspended", live->open_count);
+  std::printf("  table:     %s\n", d.table.c_str());
+  if (!d.released.empty()) std::printf("  released:  %s\n", d.released.c_str());
 }
 
 void print_human(const MountState& state) {
@@ -62,6 +93,7 @@ void print_human(const MountState& state) {
     std::printf("view:        %s\n", c.view_key.c_str());
     std::printf("lease:       %s\n", c.lease_id.c_str());
     for (const auto& m : c.view_mounts) std::printf("view mount:  %s\n", m.c_str());
+    if (c.devmapper) print_devmapper(state);
   }
   std::printf("paths from:  %s\n", state.origin.c_str());
   const std::time_t at = state.mounted_at;

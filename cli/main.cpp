@@ -7,7 +7,9 @@
 #include <cstdlib>
 
 #include "commands.h"
+#include "config.h"
 #include "gc.h"
+#include "mount_helper.h"
 #include <filesystem>
 
 #ifndef URUNC_BOOTFS_VERSION
@@ -23,7 +25,18 @@ constexpr const char* kDefaultAddress = "/run/containerd/containerd.sock";
 
 const char* kFooter = R"(Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found,
 4 containerd unavailable, 5 permission denied, 6 invalid input (image,
-path, urunc.json), 7 conflict (busy, already exists, wrong state).)";
+path, urunc.json), 7 conflict (busy, already exists, wrong state).
+Defaults: /etc/urunc-bootfs/config.json (or $URUNC_BOOTFS_CONFIG), see
+`urunc-bootfs config`; flags and their environment variables override it.)";
+
+// Options left unset on the command line (and by their environment
+// variable) take the config file's value.
+bool unset(CLI::App* cmd, const std::string& name) { return cmd->get_option(name)->count() == 0; }
+
+void apply_config(CLI::App* cmd, cli::ContainerdRequest& cd, const cli::Config& config) {
+  if (unset(cmd, "--address")) cd.address = config.address;
+  if (unset(cmd, "--timeout")) cd.timeout_ms = config.timeout_ms;
+}
 
 void add_containerd_flags(CLI::App* cmd, cli::ContainerdRequest& cd) {
   cmd->add_option("--address", cd.address, "containerd socket")
@@ -39,6 +52,9 @@ void add_containerd_flags(CLI::App* cmd, cli::ContainerdRequest& cd) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Called by mount(8) as /sbin/mount.fuse.urunc-bootfs.
+  if (argc > 0 && cli::is_helper_name(argv[0])) return cli::run_helper(argc, argv);
+
   CLI::App app{"urunc-bootfs: serve a container's boot artifacts (kernel, initrd, urunc.json)\n"
                "read-only over FUSE, from a containerd view snapshot or a directory,\n"
                "so the runtime never copies them.",
@@ -139,6 +155,16 @@ int main(int argc, char** argv) {
   add_containerd_flags(hook_cmd, hook.containerd);
   hook_cmd->footer(kFooter);
 
+  // config
+  bool config_json = false;
+  auto* config_cmd = app.add_subcommand(
+      "config",
+      "Print the effective configuration and where each value comes from: built-in\n"
+      "defaults, /etc/urunc-bootfs/config.json (or $URUNC_BOOTFS_CONFIG), the environment,\n"
+      "flags.");
+  config_cmd->add_flag("--json", config_json, "machine-readable output");
+  config_cmd->footer(kFooter);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -151,11 +177,31 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "urunc-bootfs: %s (see --help)\n", e.what());
     return ub::exit_codes::kUsage;
   }
+  // The config file's defaults. The verbs that use them fail on a broken
+  // file; umount, status and list carry on without it.
+  auto loaded = cli::load_config();
+  const bool needs_config =
+      mount_cmd->parsed() || gc_cmd->parsed() || hook_cmd->parsed() || config_cmd->parsed();
+  cli::Config config = loaded ? cli::with_environment(std::move(*loaded)) : cli::Config{};
+  if (unset(&app, "--log-level")) {
+    log_level = config.log_level;
+  } else {
+    config.log_level = log_level;
+    config.origin["log_level"] = "flag";
+  }
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("urunc-bootfs: %^%l%$: %v");
+  if (!loaded) {
+    if (needs_config) return cli::report(loaded.error());
+    spdlog::warn("ignoring the config file: {}", loaded.error().to_string());
+  }
+  if (config_cmd->parsed()) return cli::run_config(config, config_json);
 
   try {
     if (mount_cmd->parsed()) {
+      apply_config(mount_cmd, cd, config);
+      if (unset(mount_cmd, "--threads")) mount.threads = config.threads;
+      if (unset(mount_cmd, "--passthrough")) mount.passthrough = config.passthrough;
       if (mount.debug) mount.foreground = true;
       const bool containerd = !cd.container.empty() || !cd.snapshot.empty() || !cd.parent.empty();
       if (!mount.source_dir.empty() && containerd)
@@ -173,7 +219,7 @@ int main(int argc, char** argv) {
           if (!containerd) cd.container = path.filename().string();
           if (cd.ns.empty()) cd.ns = path.parent_path().filename().string();
         }
-        if (cd.ns.empty()) cd.ns = "default";
+        if (cd.ns.empty()) cd.ns = config.ns.empty() ? "default" : config.ns;
         mount.containerd = cd;
       }
       return cli::run_mount(std::move(mount));
@@ -182,10 +228,14 @@ int main(int argc, char** argv) {
     if (status_cmd->parsed()) return cli::run_status(status_mountpoint, status_json);
     if (list_cmd->parsed()) return cli::run_list(list_json);
     if (hook_cmd->parsed()) {
+      // The namespace of a hook comes from the bundle path, never the file.
+      apply_config(hook_cmd, hook.containerd, config);
       if (hook.containerd.address.empty()) hook.containerd.address = kDefaultAddress;
       return cli::run_hook(hook);
     }
     if (gc_cmd->parsed()) {
+      apply_config(gc_cmd, gc_cd, config);
+      if (gc_cd.ns.empty()) gc_cd.ns = config.ns;
       gc.address = gc_cd.address.empty() ? kDefaultAddress : gc_cd.address;
       gc.ns = gc_cd.ns;
       gc.timeout_ms = gc_cd.timeout_ms;

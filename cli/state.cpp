@@ -62,6 +62,14 @@ nlohmann::json to_json(const MountState& s) {
                          {"container", c.container}, {"snapshotter", c.snapshotter},
                          {"parent", c.parent}, {"view", c.view_key},
                          {"lease", c.lease_id}, {"view_mounts", c.view_mounts}};
+    if (c.devmapper) {
+      const auto& d = *c.devmapper;
+      doc["containerd"]["devmapper"] = {
+          {"device", d.device}, {"check", d.check}, {"name", d.name}, {"uuid", d.uuid},
+          {"major", d.major}, {"minor", d.minor}, {"open_count", d.open_count},
+          {"live_table", d.live_table}, {"suspended", d.suspended}, {"table", d.table},
+          {"released", d.released}};
+    }
   }
   return doc;
 }
@@ -88,6 +96,22 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
                                      c.at("snapshotter"), c.value("parent", ""),
                                      c.value("view", ""), c.value("lease", ""),
                                      c.value("view_mounts", std::vector<std::string>{})};
+      if (c.contains("devmapper")) {
+        const auto& j = c.at("devmapper");
+        DevmapperState dm;
+        dm.device = j.value("device", "");
+        dm.check = j.value("check", "");
+        dm.name = j.value("name", "");
+        dm.uuid = j.value("uuid", "");
+        dm.major = j.value("major", 0U);
+        dm.minor = j.value("minor", 0U);
+        dm.open_count = j.value("open_count", 0);
+        dm.live_table = j.value("live_table", false);
+        dm.suspended = j.value("suspended", false);
+        dm.table = j.value("table", "");
+        dm.released = j.value("released", "");
+        s.containerd->devmapper = std::move(dm);
+      }
     }
     return s;
   } catch (const nlohmann::json::exception& e) {

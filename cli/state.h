@@ -29,6 +29,22 @@ struct ArtifactState {
   unsigned mode = 0;
 };
 
+// A view on a device-mapper device (the devmapper snapshotter), as
+// libdevmapper saw it once the view was attached.
+struct DevmapperState {
+  std::string device;  // the view's mount source: /dev/mapper/NAME or /dev/dm-N
+  std::string check;   // "ok" or "skipped: device-mapper not available: ..."
+  std::string name;
+  std::string uuid;
+  std::uint32_t major = 0;
+  std::uint32_t minor = 0;
+  std::int32_t open_count = 0;  // at the check; the view's own mount is one
+  bool live_table = false;
+  bool suspended = false;
+  std::string table;     // "0 2097152 thin 253:0 3"
+  std::string released;  // after release: "free", "gone", "held by ...", "skipped: ..."
+};
+
 struct ContainerdState {
   std::string address;
   std::string ns;
@@ -38,6 +54,7 @@ struct ContainerdState {
   std::string view_key;  // empty until the view exists
   std::string lease_id;  // empty until the lease exists
   std::vector<std::string> view_mounts;  // "type source options", for status
+  std::optional<DevmapperState> devmapper = std::nullopt;  // a devmapper view's device
 };
 
 struct MountState {

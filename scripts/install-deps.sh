@@ -23,6 +23,8 @@ packages=(
   busybox-static cpio gzip qemu-system-x86 util-linux kmod
   # analysis
   clang-19 clang-tidy-19 clang-format libclang-rt-19-dev
+  # packaging
+  lintian bash-completion dpkg-dev fakeroot man-db groff-base
   # benchmark plot
   gnuplot-nox
 )
