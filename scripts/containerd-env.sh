@@ -44,6 +44,7 @@ usage() {
   cat <<EOF
 Usage: $PROG start [--btrfs] DIR
        $PROG stop DIR
+       $PROG restart DIR
        $PROG --help
 
 start DIR     Write DIR/config.toml, start $CONTAINERD_BIN with it in the
@@ -59,6 +60,9 @@ stop DIR      Kill exactly the PID in DIR/containerd.pid (TERM, then KILL
               after ${STOP_TIMEOUT}s), wait for it, unmount everything mounted
               under DIR (deepest/latest first), detach loop devices backed by
               files under DIR, and remove DIR. Safe to call twice.
+restart DIR   Stop the containerd in DIR/containerd.pid as stop does, but keep
+              DIR (config, root, state: images, snapshots and leases survive),
+              then start it again as start does. For fault tests.
 
 Environment: CONTAINERD_BIN (default /usr/bin/containerd), CTR_BIN (ctr),
 CONTAINERD_ENV_START_TIMEOUT (20), CONTAINERD_ENV_STOP_TIMEOUT (10).
@@ -260,14 +264,10 @@ cmd_start() {
   printf '%s\n' "$sock"
 }
 
-cmd_stop() {
-  [[ $# -eq 1 ]] || { usage >&2; exit 2; }
-  [[ $1 != -h && $1 != --help ]] || { usage; exit 0; }
-  local dir
-  dir=$(abspath "$1")
-  [[ $dir != / ]] || die "refusing to stop/remove /"
-
-  # 1. Kill exactly the recorded PID, if it is still our containerd.
+# Kill exactly the PID recorded in DIR/containerd.pid, if it is still the
+# containerd of DIR (TERM, then KILL), and wait until it is gone.
+kill_recorded() {
+  local dir=$1
   if [[ -f $dir/containerd.pid ]]; then
     local pid
     pid=$(<"$dir/containerd.pid")
@@ -284,6 +284,17 @@ cmd_stop() {
       fi
     fi
   fi
+}
+
+cmd_stop() {
+  [[ $# -eq 1 ]] || { usage >&2; exit 2; }
+  [[ $1 != -h && $1 != --help ]] || { usage; exit 0; }
+  local dir
+  dir=$(abspath "$1")
+  [[ $dir != / ]] || die "refusing to stop/remove /"
+
+  # 1. Kill exactly the recorded PID, if it is still our containerd.
+  kill_recorded "$dir"
 
   [[ -e $dir ]] || return 0
 
@@ -310,6 +321,16 @@ cmd_stop() {
   ((rc == 0)) || die "stop: some of $dir could not be cleaned up"
 }
 
+cmd_restart() {
+  [[ $# -eq 1 ]] || { usage >&2; exit 2; }
+  [[ $1 != -h && $1 != --help ]] || { usage; exit 0; }
+  local dir
+  dir=$(abspath "$1")
+  [[ -f $dir/config.toml ]] || die "no containerd was started from $dir (no config.toml)"
+  kill_recorded "$dir"
+  cmd_start "$dir"
+}
+
 main() {
   (($#)) || { usage >&2; exit 2; }
   local verb=$1
@@ -317,6 +338,7 @@ main() {
   case $verb in
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
+    restart) cmd_restart "$@" ;;
     -h | --help | help) usage ;;
     *) printf '%s: unknown command: %s\n' "$PROG" "$verb" >&2; usage >&2; exit 2 ;;
   esac
