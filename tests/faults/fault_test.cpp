@@ -72,34 +72,6 @@ const std::set<std::string> kServedTree = {"/.boot", kKernel, kInitrd, kUruncJso
 
 // ------------------------------------------------------------------ helpers
 
-std::string base64(std::string_view in) {
-  static constexpr char kA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  unsigned val = 0;
-  int bits = -6;
-  for (unsigned char c : in) {
-    val = (val << 8) + c;
-    bits += 8;
-    while (bits >= 0) {
-      out += kA[(val >> bits) & 0x3f];
-      bits -= 6;
-    }
-  }
-  if (bits > -6) out += kA[((val << 8) >> (bits + 8)) & 0x3f];
-  while (out.size() % 4) out += '=';
-  return out;
-}
-
-std::string random_bytes(std::size_t n, unsigned seed) {
-  std::string data(n, '\0');
-  std::mt19937_64 rng(seed);
-  for (std::size_t i = 0; i < n; i += 8) {
-    const auto v = rng();
-    std::memcpy(&data[i], &v, std::min<std::size_t>(8, n - i));
-  }
-  return data;
-}
-
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 bool contains(std::string_view s, std::string_view needle) { return s.find(needle) != std::string_view::npos; }
 
@@ -244,11 +216,11 @@ std::unique_ptr<Image> build_image() {
   fs::create_directories(top / ".boot");
   img->served[kKernel] = random_bytes((2u << 20) + 4097, 21);
   img->served[kInitrd] = random_bytes(384u << 10, 22);
-  img->served[kUruncJson] = "{\"com.urunc.unikernel.binary\":\"" + base64(kKernel) +
-                            "\",\"com.urunc.unikernel.initrd\":\"" + base64(kInitrd) +
-                            "\",\"com.urunc.unikernel.cmdline\":\"" + base64("console=ttyS0") +
-                            "\",\"com.urunc.unikernel.unikernelType\":\"" + base64("linux") +
-                            "\",\"com.urunc.unikernel.hypervisor\":\"" + base64("qemu") + "\"}";
+  img->served[kUruncJson] = "{\"com.urunc.unikernel.binary\":\"" + base64_encode(kKernel) +
+                            "\",\"com.urunc.unikernel.initrd\":\"" + base64_encode(kInitrd) +
+                            "\",\"com.urunc.unikernel.cmdline\":\"" + base64_encode("console=ttyS0") +
+                            "\",\"com.urunc.unikernel.unikernelType\":\"" + base64_encode("linux") +
+                            "\",\"com.urunc.unikernel.hypervisor\":\"" + base64_encode("qemu") + "\"}";
   write_file(bottom / ".boot/initrd.img", img->served[kInitrd]);
   write_file(bottom / "etc/hostname", "never served\n");
   write_file(top / ".boot/kernel", img->served[kKernel], 0755);

@@ -27,34 +27,6 @@ namespace fs = std::filesystem;
 constexpr long kFuseMagic = 0x65735546;
 constexpr std::size_t kBigKernel = 64u << 20;
 
-std::string base64(std::string_view in) {
-  static constexpr char kA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  unsigned val = 0;
-  int bits = -6;
-  for (unsigned char c : in) {
-    val = (val << 8) + c;
-    bits += 8;
-    while (bits >= 0) {
-      out += kA[(val >> bits) & 0x3f];
-      bits -= 6;
-    }
-  }
-  if (bits > -6) out += kA[((val << 8) >> (bits + 8)) & 0x3f];
-  while (out.size() % 4) out += '=';
-  return out;
-}
-
-std::string random_bytes(std::size_t n, unsigned seed) {
-  std::string data(n, '\0');
-  std::mt19937_64 rng(seed);
-  for (std::size_t i = 0; i + 8 <= n; i += 8) {
-    const auto v = rng();
-    std::memcpy(&data[i], &v, 8);
-  }
-  return data;
-}
-
 // sha256sum(1): uninstrumented, so the sanitizer builds stay fast.
 std::string sha256sum(const std::filesystem::path& path) {
   auto r = run({"sha256sum", path.string()});
@@ -84,9 +56,9 @@ class FuseTest : public ::testing::Test {
   }
 
   void write_urunc_json(const std::string& kernel, const std::string& initrd) {
-    std::string doc = "{\"com.urunc.unikernel.binary\":\"" + base64(kernel) + "\"";
-    if (!initrd.empty()) doc += ",\"com.urunc.unikernel.initrd\":\"" + base64(initrd) + "\"";
-    doc += ",\"com.urunc.unikernel.hypervisor\":\"" + base64("qemu") + "\"}";
+    std::string doc = "{\"com.urunc.unikernel.binary\":\"" + base64_encode(kernel) + "\"";
+    if (!initrd.empty()) doc += ",\"com.urunc.unikernel.initrd\":\"" + base64_encode(initrd) + "\"";
+    doc += ",\"com.urunc.unikernel.hypervisor\":\"" + base64_encode("qemu") + "\"}";
     write_file(root_ / "urunc.json", doc);
   }
 

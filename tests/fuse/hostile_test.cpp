@@ -20,27 +20,9 @@ namespace urunc_bootfs::test {
 namespace {
 namespace fs = std::filesystem;
 
-std::string b64(std::string_view in) {
-  static constexpr char kA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  unsigned val = 0;
-  int bits = -6;
-  for (unsigned char c : in) {
-    val = (val << 8) + c;
-    bits += 8;
-    while (bits >= 0) {
-      out += kA[(val >> bits) & 0x3f];
-      bits -= 6;
-    }
-  }
-  if (bits > -6) out += kA[((val << 8) >> (bits + 8)) & 0x3f];
-  while (out.size() % 4) out += '=';
-  return out;
-}
-
 std::string urunc_json(const std::string& kernel, const std::string& initrd = "") {
-  std::string doc = "{\"com.urunc.unikernel.binary\":\"" + b64(kernel) + "\"";
-  if (!initrd.empty()) doc += ",\"com.urunc.unikernel.initrd\":\"" + b64(initrd) + "\"";
+  std::string doc = "{\"com.urunc.unikernel.binary\":\"" + base64_encode(kernel) + "\"";
+  if (!initrd.empty()) doc += ",\"com.urunc.unikernel.initrd\":\"" + base64_encode(initrd) + "\"";
   return doc + "}";
 }
 
@@ -183,8 +165,8 @@ std::vector<Case> cases() {
                6, "larger than"});
   c.push_back({"UruncJsonDuplicateKeys",
                [](const fs::path& r, auto&) {
-                 write_file(r / "urunc.json", "{\"com.urunc.unikernel.binary\":\"" + b64("/.boot/kernel") +
-                                                  "\",\"com.urunc.unikernel.binary\":\"" + b64("/x") + "\"}");
+                 write_file(r / "urunc.json", "{\"com.urunc.unikernel.binary\":\"" + base64_encode("/.boot/kernel") +
+                                                  "\",\"com.urunc.unikernel.binary\":\"" + base64_encode("/x") + "\"}");
                },
                6, "duplicate key"});
   c.push_back({"UruncJsonIsADirectory",

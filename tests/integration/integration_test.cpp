@@ -63,34 +63,6 @@ const std::set<std::string> kServedTree = {"/.boot", "/.boot/kernel", "/.boot/ro
 
 // ------------------------------------------------------------------ helpers
 
-std::string base64(std::string_view in) {
-  static constexpr char kA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  unsigned val = 0;
-  int bits = -6;
-  for (unsigned char c : in) {
-    val = (val << 8) + c;
-    bits += 8;
-    while (bits >= 0) {
-      out += kA[(val >> bits) & 0x3f];
-      bits -= 6;
-    }
-  }
-  if (bits > -6) out += kA[((val << 8) >> (bits + 8)) & 0x3f];
-  while (out.size() % 4) out += '=';
-  return out;
-}
-
-std::string random_bytes(std::size_t n, unsigned seed) {
-  std::string data(n, '\0');
-  std::mt19937_64 rng(seed);
-  for (std::size_t i = 0; i + 8 <= n; i += 8) {
-    const auto v = rng();
-    std::memcpy(&data[i], &v, 8);
-  }
-  return data;
-}
-
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 bool contains(std::string_view s, std::string_view needle) { return s.find(needle) != std::string_view::npos; }
 
@@ -198,11 +170,11 @@ std::unique_ptr<Image> build_image(const std::string& name, int layers) {
   img->decoy = "decoy kernel from the bottom layer: must never be served\n";
   img->kernel = random_bytes(1536u << 10, 11);
   img->initrd = random_bytes(256u << 10, 12);
-  img->urunc_json = "{\"com.urunc.unikernel.binary\":\"" + base64("/.boot/kernel") +
-                    "\",\"com.urunc.unikernel.initrd\":\"" + base64("/.boot/rootfs.cpio.gz") +
-                    "\",\"com.urunc.unikernel.cmdline\":\"" + base64("console=ttyS0 quiet") +
-                    "\",\"com.urunc.unikernel.unikernelType\":\"" + base64("linux") +
-                    "\",\"com.urunc.unikernel.hypervisor\":\"" + base64("qemu") + "\"}";
+  img->urunc_json = "{\"com.urunc.unikernel.binary\":\"" + base64_encode("/.boot/kernel") +
+                    "\",\"com.urunc.unikernel.initrd\":\"" + base64_encode("/.boot/rootfs.cpio.gz") +
+                    "\",\"com.urunc.unikernel.cmdline\":\"" + base64_encode("console=ttyS0 quiet") +
+                    "\",\"com.urunc.unikernel.unikernelType\":\"" + base64_encode("linux") +
+                    "\",\"com.urunc.unikernel.hypervisor\":\"" + base64_encode("qemu") + "\"}";
   write_file(bottom / ".boot/kernel", img->decoy, 0755);
   write_file(bottom / ".boot/rootfs.cpio.gz", img->initrd);
   write_file(bottom / ".boot/extra", "whited out by the top layer\n");

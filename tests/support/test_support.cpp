@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <fstream>
 #include <iostream>
 #include <ranges>
@@ -880,6 +881,35 @@ std::vector<pid_t> pids_with_cmdline_containing(std::string_view needle) {
   ::closedir(d);
   std::ranges::sort(out);
   return out;
+}
+
+std::string base64_encode(std::string_view data) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  unsigned val = 0;
+  int bits = -6;
+  for (unsigned char c : data) {
+    val = (val << 8) + c;
+    bits += 8;
+    while (bits >= 0) {
+      out += kAlphabet[(val >> bits) & 0x3f];
+      bits -= 6;
+    }
+  }
+  if (bits > -6) out += kAlphabet[((val << 8) >> (bits + 8)) & 0x3f];
+  while (out.size() % 4 != 0) out += '=';
+  return out;
+}
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::string data(n, '\0');
+  std::mt19937_64 rng(seed);
+  for (std::size_t i = 0; i < n; i += 8) {
+    const auto v = rng();
+    std::memcpy(&data[i], &v, std::min<std::size_t>(8, n - i));
+  }
+  return data;
 }
 
 }  // namespace urunc_bootfs::test

@@ -167,6 +167,11 @@ class PrivateContainerd {
 std::string sha256_hex(std::string_view data);
 std::string sha256_file(
     const std::filesystem::path& path);  // throws if unreadable
+// Standard base64 with padding (urunc.json's encoding).
+std::string base64_encode(std::string_view data);
+// n pseudo-random bytes, the same for the same seed.
+std::string random_bytes(std::size_t n, unsigned seed);
+
 // Creates/truncates `path` (not its parents) with `mode` and writes `data`.
 void write_file(const std::filesystem::path& path, std::string_view data,
                 mode_t mode = 0644);
