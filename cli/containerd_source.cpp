@@ -184,7 +184,7 @@ class ContainerdSource final : public Source {
     return {};
   }
 
-  int root_fd() const override { return mount_ ? mount_->root_fd() : -1; }
+  [[nodiscard]] int root_fd() const override { return mount_ ? mount_->root_fd() : -1; }
   void close_root() override { mount_.reset(); }
   void describe(MountState& state) const override { state.source_kind = "containerd"; }
 

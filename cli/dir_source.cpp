@@ -11,7 +11,7 @@ namespace {
 class DirSource final : public Source {
  public:
   DirSource(std::string dir, UniqueFd fd) : dir_(std::move(dir)), fd_(std::move(fd)) {}
-  int root_fd() const override { return fd_.get(); }
+  [[nodiscard]] int root_fd() const override { return fd_.get(); }
   void close_root() override { fd_.reset(); }
   void describe(MountState& state) const override {
     state.source_kind = "dir";

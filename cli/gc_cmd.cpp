@@ -27,8 +27,9 @@ Status collect_garbage(snap::Client& client, bool dry_run, std::vector<std::stri
     const std::string view = value(snap::kViewLabel);
     const std::string snapshotter = value(snap::kSnapshotterLabel);
     std::string line = (dry_run ? "would remove lease " : "removed lease ") + lease.id;
-    if (!view.empty()) line += " and view " + view + " (" + snapshotter + ")";
-    line += " in namespace " + client.ns() + ": owner pid " + std::to_string(owner->pid) + " is gone";
+    if (!view.empty()) line.append(" and view ").append(view).append(" (").append(snapshotter).append(")");
+    line.append(" in namespace ").append(client.ns()).append(": owner pid ");
+    line.append(std::to_string(owner->pid)).append(" is gone");
     if (!dry_run) {
       if (!view.empty() && !snapshotter.empty()) {
         auto removed = client.remove(snapshotter, view);

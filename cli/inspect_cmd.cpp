@@ -15,7 +15,7 @@ namespace urunc::bootfs::cli {
 namespace {
 
 std::optional<nlohmann::json> live_counters(const std::string& mountpoint) {
-  std::string buf(64 * 1024, '\0');
+  std::string buf(std::size_t{64} * 1024, '\0');
   const ssize_t n = ::getxattr(mountpoint.c_str(), std::string(kStatusXattr).c_str(),
                                buf.data(), buf.size());
   if (n < 0) return std::nullopt;

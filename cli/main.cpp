@@ -23,7 +23,7 @@ namespace {
 
 constexpr const char* kDefaultAddress = "/run/containerd/containerd.sock";
 
-const char* kFooter = R"(Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found,
+constexpr const char* kFooter = R"(Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found,
 4 containerd unavailable, 5 permission denied, 6 invalid input (image,
 path, urunc.json), 7 conflict (busy, already exists, wrong state).
 Defaults: /etc/urunc-bootfs/config.json (or $URUNC_BOOTFS_CONFIG), see
@@ -51,7 +51,22 @@ void add_containerd_flags(CLI::App* cmd, cli::ContainerdRequest& cd) {
 
 }  // namespace
 
+int run(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  // Exceptions stop here: every verb reports its own errors, so anything
+  // that still escapes is a bug, said in one line rather than an abort.
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "urunc-bootfs: internal error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "urunc-bootfs: internal error\n");
+  }
+  return ub::exit_codes::kInternal;
+}
+
+int run(int argc, char** argv) {
   // Called by mount(8) as /sbin/mount.fuse.urunc-bootfs.
   if (argc > 0 && cli::is_helper_name(argv[0])) return cli::run_helper(argc, argv);
 

@@ -209,10 +209,9 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
           case 'v':
             out.verbose = true;
             break;
-          case 'n':
-            break;  // no mtab: there is none to write
-          case 'r':
-            break;  // read-only: always
+          case 'n':  // no mtab: there is none to write
+          case 'r':  // read-only: always
+            break;
           case 'w':
             return std::unexpected(
                 usage("-w: urunc-bootfs mounts are read-only"));
@@ -241,8 +240,8 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
                                     : std::string(option.substr(eq + 1));
       if (contains(kHelperOptions, name)) {
         if (eq == std::string_view::npos || value.empty())
-          return std::unexpected(usage("mount option " + name +
-                                       " needs a value (" + name + "=...)"));
+          return std::unexpected(usage(std::string("mount option ").append(name).append(
+              " needs a value (").append(name).append("=...)")));
         if (!mount_option_allowed(config, name))
           return std::unexpected(
               make_error(ErrorKind::permission,

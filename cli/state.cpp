@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -177,8 +178,7 @@ Result<std::vector<MountState>> list_states() {
     if (entry.path().extension() != ".json") continue;
     if (auto state = load_file(entry.path())) out.push_back(std::move(*state));
   }
-  std::sort(out.begin(), out.end(),
-            [](const MountState& a, const MountState& b) { return a.mountpoint < b.mountpoint; });
+  std::ranges::sort(out, {}, &MountState::mountpoint);
   return out;
 }
 

@@ -1,7 +1,7 @@
 // `urunc-bootfs umount`: unmount, wait for the daemon to release everything
 // and exit, and report what it could not release. A mountpoint whose daemon
 // died is cleaned here instead ("Transport endpoint is not connected").
-#include <signal.h>
+#include <csignal>
 #include <sys/mount.h>
 
 #include <chrono>

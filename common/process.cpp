@@ -1,7 +1,7 @@
 #include "urunc_bootfs/process.h"
 
 #include <poll.h>
-#include <signal.h>
+#include <csignal>
 #include <sys/syscall.h>
 #include <unistd.h>
 

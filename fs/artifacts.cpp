@@ -105,7 +105,8 @@ Result<std::string> base64_decode(std::string_view text) {
         v[j] = 0;
         continue;
       }
-      if (pad > 0 || (v[j] = value(c)) < 0)
+      v[j] = value(c);
+      if (pad > 0 || v[j] < 0)
         return std::unexpected(make_error(
             ErrorKind::invalid, "invalid base64 character at offset " +
                                     std::to_string(i + static_cast<std::size_t>(j))));
@@ -226,7 +227,8 @@ Result<ArtifactSet> make_set(ArtifactOrigin origin, std::string_view what,
       if (b.starts_with(a) && b[a.size()] == '/')
         return std::unexpected(make_error(
             ErrorKind::invalid,
-            "artifact \"" + a + "\" would have to be a directory of \"" + b + "\""));
+            std::string("artifact \"").append(a).append("\" would have to be a directory of \"")
+                .append(b).append("\"")));
     }
     set.items.push_back({role, path});
     return {};

@@ -7,6 +7,7 @@
 
 #include <climits>
 #include <deque>
+#include <ranges>
 
 namespace urunc::bootfs {
 namespace {
@@ -19,7 +20,7 @@ void push_components(std::deque<std::string>& queue, std::string_view path) {
     if (end > start) parts.emplace_back(path.substr(start, end - start));
     start = end + 1;
   }
-  for (auto it = parts.rbegin(); it != parts.rend(); ++it) queue.push_front(*it);
+  for (auto& part : std::ranges::reverse_view(parts)) queue.push_front(std::move(part));
 }
 
 std::string join(const std::vector<std::string>& parts) {

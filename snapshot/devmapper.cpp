@@ -54,7 +54,9 @@ Error bad_line(std::string_view line, std::string_view why) {
 // thread instead, for the message of the Error that reports it.
 thread_local std::string t_last_dm_error;
 
-void capture_dm_log(int level, const char* /*file*/, int /*line*/,
+// libdevmapper hands us printf-style arguments; the attribute lets the
+// compiler check the vsnprintf below as such.
+[[gnu::format(printf, 5, 6)]] void capture_dm_log(int level, const char* /*file*/, int /*line*/,
                     int /*dm_errno_or_class*/, const char* format, ...) {
   // _LOG_ERR is 3 in libdevmapper.h; anything above is chatter.
   if ((level & 7) > 3) return;
@@ -318,7 +320,7 @@ Status check_view_device(const Info& info, const std::vector<TableLine>& table,
         ErrorKind::precondition,
         "device-mapper device " + name + " has target \"" +
             table.front().target +
-            "\", not \"thin\"; a devmapper snapshotter view is a thin device"));
+            R"(", not "thin"; a devmapper snapshotter view is a thin device)"));
   return {};
 }
 
