@@ -63,3 +63,7 @@ done
 
 section "fuzzing (libFuzzer, clang 19, ASan + UBSan; bounded)"
 scripts/fuzz.sh "${URUNC_BOOTFS_FUZZ_SECONDS:-30}"
+
+section "clang-tidy (the project's .clang-tidy, every project source)"
+scripts/check-tidy.sh build/dev
+echo "clang-tidy: clean"
