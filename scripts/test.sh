@@ -42,7 +42,7 @@ sanitized_ctest() {
   rm -rf "$logs" && mkdir -p "$logs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$logs/asan \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan \
-  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan \
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$here/tests/tsan.supp:log_path=$logs/tsan \
     ctest --preset "$preset" -j1 --timeout 900 -L 'unit|fuse|snapshot|integration'
   if compgen -G "$logs/*" >/dev/null; then
     echo "sanitizer reports in $logs:" >&2

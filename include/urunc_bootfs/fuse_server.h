@@ -5,6 +5,11 @@
 // once. Mount options are fixed: ro, nosuid, nodev, allow_other (the monitor
 // runs as the container's user), default_permissions (the kernel checks
 // modes, so no request needs a credential check here).
+//
+// The session runs over a /dev/fuse channel the server opens and mounts
+// itself (fs/passthrough.h), which is how reads use kernel FUSE passthrough
+// on libfuse 3.14: each file is served by passthrough or by splice, as the
+// policy and the kernel allow, and ArtifactFs::mode() says which.
 #pragma once
 
 #include <functional>
@@ -29,22 +34,26 @@ struct FuseOptions {
   unsigned max_threads = 4;
   bool debug = false;
   PassthroughPolicy passthrough = PassthroughPolicy::automatic;
-  // Called once, from a session thread, when the kernel's INIT request has
-  // arrived: from then on the filesystem answers.
+  // Called once, from a session thread, when the kernel has taken the INIT
+  // reply and every file's read mode is settled: from then on the
+  // filesystem answers. Not called when the policy cannot be met; run()
+  // then returns that error.
   std::function<void()> on_init;
 };
 
 class FuseServer {
  public:
   // Creates the session and mounts it. Nothing is mounted on failure.
-  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> mount(ArtifactFs& fs,
-                                                                 FuseOptions options);
+  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> mount(
+      ArtifactFs& fs, FuseOptions options);
   ~FuseServer();
   FuseServer(const FuseServer&) = delete;
   FuseServer& operator=(const FuseServer&) = delete;
 
   // Serves until the filesystem is unmounted or SIGTERM/SIGINT/SIGHUP
-  // arrives, then unmounts (lazily, so a busy mount still goes).
+  // arrives, then closes the backing ids and unmounts (lazily, so a busy
+  // mount still goes). Fails with the reason when passthrough was required
+  // but not accepted.
   Status run();
   // Asks run() to return. Safe from any thread.
   void stop();

@@ -1,0 +1,282 @@
+#include "passthrough.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "urunc_bootfs/fuse_protocol.h"
+
+namespace urunc::bootfs {
+namespace {
+
+namespace proto = fuse_proto;
+
+// The backing id the OPEN reply being written by this thread must carry;
+// 0 outside an OpenReplyScope.
+thread_local int t_open_backing_id = 0;
+
+constexpr const char* kFsType = "fuse.urunc-bootfs";
+
+// A file on a read-only mount (a containerd view, a ro loop mount) cannot
+// grow or shrink; on a writable one it could, and a passthrough read would
+// then show bytes past the size promised at mount.
+bool on_readonly_mount(int fd) {
+  struct statvfs st {};
+  return ::fstatvfs(fd, &st) == 0 && (st.f_flag & ST_RDONLY) != 0;
+}
+
+std::string backing_open_hint(int err) {
+  switch (err) {
+    case EPERM:
+      return " (needs CAP_SYS_ADMIN)";
+    case ELOOP:
+      return " (the backing filesystem is stacked too deep)";
+    case EOPNOTSUPP:
+    case EINVAL:
+      return " (the kernel refuses this backing file)";
+    default:
+      return "";
+  }
+}
+
+}  // namespace
+
+FuseChannel::OpenReplyScope::OpenReplyScope(int backing_id) {
+  t_open_backing_id = backing_id;
+}
+FuseChannel::OpenReplyScope::~OpenReplyScope() {
+  t_open_backing_id = 0;
+}
+
+FuseChannel::FuseChannel(ArtifactFs& fs, PassthroughPolicy policy,
+                         ReadyFn on_ready, UniqueFd fd)
+    : fs_(fs),
+      policy_(policy),
+      on_ready_(std::move(on_ready)),
+      owned_(std::move(fd)),
+      fd_(owned_.get()),
+      backing_ids_(fs.files().size(), 0) {}
+
+FuseChannel::~FuseChannel() {
+  // Once handed over, the session closes the fd and the server must have
+  // called close_backing() and unmount() before that; the number may since
+  // belong to another file.
+  if (!owned_) return;
+  close_backing();
+  unmount();
+}
+
+Result<std::unique_ptr<FuseChannel>> FuseChannel::open(ArtifactFs& fs,
+                                                       PassthroughPolicy policy,
+                                                       ReadyFn on_ready) {
+  UniqueFd fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
+  if (!fd) return std::unexpected(errno_error(errno, "cannot open /dev/fuse"));
+  return std::unique_ptr<FuseChannel>(
+      new FuseChannel(fs, policy, std::move(on_ready), std::move(fd)));
+}
+
+Status FuseChannel::mount(const std::string& mountpoint,
+                          const std::string& fsname) {
+  // What libfuse's own mount passes for a root daemon; fsname becomes the
+  // source and the subtype comes from the type name.
+  const std::string data =
+      "fd=" + std::to_string(fd_) +
+      ",rootmode=40000,user_id=" + std::to_string(::getuid()) +
+      ",group_id=" + std::to_string(::getgid()) +
+      ",allow_other,default_permissions";
+  if (::mount(fsname.c_str(), mountpoint.c_str(), kFsType,
+              MS_RDONLY | MS_NOSUID | MS_NODEV, data.c_str()) != 0)
+    return std::unexpected(
+        errno_error(errno, "cannot mount FUSE at " + mountpoint));
+  mountpoint_ = mountpoint;
+  mounted_ = true;
+  return {};
+}
+
+void FuseChannel::unmount() {
+  if (!mounted_) return;
+  mounted_ = false;
+  // POLLERR on the device: the kernel dropped the connection, i.e. someone
+  // unmounted us already, and the path may now hold another mount.
+  pollfd pfd{fd_, 0, 0};
+  if (::poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR) != 0) return;
+  if (::umount2(mountpoint_.c_str(), MNT_DETACH) != 0 && errno != EINVAL)
+    spdlog::warn("cannot unmount {}: {}", mountpoint_, std::strerror(errno));
+}
+
+void FuseChannel::close_backing() {
+  std::lock_guard lock(mutex_);
+  for (int& id : backing_ids_) {
+    if (id <= 0) continue;
+    auto backing = static_cast<std::uint32_t>(id);
+    if (::ioctl(fd_, proto::kDevIocBackingClose, &backing) != 0)
+      spdlog::debug("closing backing id {}: {}", id, std::strerror(errno));
+    id = 0;
+  }
+}
+
+ssize_t FuseChannel::read(int fd, void* buf, std::size_t len) {
+  const ssize_t n = ::read(fd, buf, len);
+  // The kernel's first request is INIT. Nothing below may touch errno.
+  if (n >= static_cast<ssize_t>(sizeof(proto::InHeader) +
+                                sizeof(proto::InitIn)) &&
+      !init_seen_.load(std::memory_order_acquire)) {
+    proto::InHeader in{};
+    std::memcpy(&in, buf, sizeof in);
+    if (in.opcode == proto::kOpInit) {
+      proto::InitIn init{};
+      std::memcpy(&init, static_cast<const char*>(buf) + sizeof in,
+                  sizeof init);
+      std::uint64_t flags = init.flags;
+      if ((flags & proto::kInitExt) != 0)
+        flags |= static_cast<std::uint64_t>(init.flags2) << 32;
+      kernel_flags_.store(flags);
+      kernel_offers_.store((flags & proto::kPassthrough) != 0);
+      init_unique_.store(in.unique);
+      init_seen_.store(true, std::memory_order_release);
+    }
+  }
+  return n;
+}
+
+ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
+  // libfuse writes every reply as {out header, payload...}.
+  if (count != 2 || iov[0].iov_len != sizeof(proto::OutHeader))
+    return ::writev(fd, iov, count);
+  proto::OutHeader out{};
+  std::memcpy(&out, iov[0].iov_base, sizeof out);
+
+  if (t_open_backing_id > 0 && out.error == 0 &&
+      iov[1].iov_len == sizeof(proto::OpenOut)) {
+    proto::OpenOut open{};
+    std::memcpy(&open, iov[1].iov_base, sizeof open);
+    open.open_flags =
+        (open.open_flags | proto::kFopenPassthrough) & ~proto::kFopenKeepCache;
+    open.backing_id = t_open_backing_id;
+    const std::array<iovec, 2> patched{iov[0], iovec{&open, sizeof open}};
+    return ::writev(fd, patched.data(), 2);
+  }
+
+  if (!init_seen_.load(std::memory_order_acquire) ||
+      out.unique != init_unique_.load() || init_replied_.exchange(true))
+    return ::writev(fd, iov, count);
+
+  // The INIT reply: ask for passthrough when the kernel offers it.
+  std::array<char, 256> body{};
+  bool patched = false;
+  std::array<iovec, 2> reply{iov[0], iov[1]};
+  if (policy_ != PassthroughPolicy::disabled && out.error == 0 &&
+      kernel_offers_.load() && iov[1].iov_len >= sizeof(proto::InitOut) &&
+      iov[1].iov_len <= body.size()) {
+    std::memcpy(body.data(), iov[1].iov_base, iov[1].iov_len);
+    proto::InitOut init{};
+    std::memcpy(&init, body.data(), sizeof init);
+    // The kernel ignores passthrough together with writeback caching.
+    if ((init.flags & proto::kWritebackCache) == 0) {
+      init.flags |= static_cast<std::uint32_t>(proto::kInitExt);
+      init.flags2 |= proto::kPassthroughFlags2;
+      init.max_stack_depth = proto::kMaxStackDepth;
+      std::memcpy(body.data(), &init, sizeof init);
+      reply[1] = iovec{body.data(), iov[1].iov_len};
+      patched = true;
+    }
+  }
+  const ssize_t n = ::writev(fd, reply.data(), 2);
+  const int saved = errno;
+  // The kernel processed the reply inside that write: from here the
+  // connection accepts backing files, and requests may already be arriving
+  // on other threads (backing_id() holds their OPENs until we are done).
+  if (n >= 0 && out.error == 0) {
+    settle_modes(patched);
+  } else {
+    {
+      std::lock_guard lock(mutex_);
+      settled_ = true;
+    }
+    settled_cv_.notify_all();
+    if (on_ready_)
+      on_ready_(std::unexpected(
+          n < 0 ? errno_error(saved, "the kernel refused the INIT reply")
+                : make_error(ErrorKind::internal,
+                             "the FUSE INIT handshake failed")));
+  }
+  errno = saved;
+  return n;
+}
+
+void FuseChannel::settle_modes(bool init_patched) {
+  const auto& files = fs_.files();
+  std::vector<int> ids(files.size(), 0);
+  std::string refused;  // why the first refused file is not passed through
+  int refused_errno = 0;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& file = files[i];
+    std::string why;
+    int err = 0;
+    if (policy_ == PassthroughPolicy::disabled) {
+      why = "disabled (--passthrough off)";
+    } else if (!kernel_offers_.load()) {
+      why =
+          "the kernel does not offer FUSE passthrough (needs Linux >= 6.9, "
+          "CONFIG_FUSE_PASSTHROUGH)";
+    } else if (!init_patched) {
+      why = "the INIT reply could not ask for passthrough";
+    } else if (policy_ == PassthroughPolicy::automatic &&
+               !on_readonly_mount(file.fd.get())) {
+      why = "the backing file is on a writable mount, so its size could change";
+    } else {
+      proto::BackingMap map{file.fd.get(), 0, 0};
+      const int id = ::ioctl(fd_, proto::kDevIocBackingOpen, &map);
+      if (id > 0) {
+        ids[i] = id;
+      } else {
+        err = id < 0 ? errno : EINVAL;
+        why = std::string("FUSE_DEV_IOC_BACKING_OPEN: ") + std::strerror(err) +
+              backing_open_hint(err);
+      }
+    }
+    fs_.set_mode(i, ids[i] > 0 ? ReadMode::passthrough : ReadMode::splice);
+    if (ids[i] > 0) {
+      spdlog::info("{}: passthrough (backing id {})", file.ref.path, ids[i]);
+    } else {
+      spdlog::info("{}: splice: {}", file.ref.path, why);
+      if (refused.empty()) {
+        refused = file.ref.path + ": " + why;
+        refused_errno = err;
+      }
+    }
+  }
+  {
+    std::lock_guard lock(mutex_);
+    backing_ids_ = std::move(ids);
+    settled_ = true;
+  }
+  settled_cv_.notify_all();
+  if (!on_ready_) return;
+  if (policy_ == PassthroughPolicy::required && !refused.empty()) {
+    on_ready_(std::unexpected(make_error(
+        refused_errno == EPERM ? ErrorKind::permission
+                               : ErrorKind::precondition,
+        "passthrough required (--passthrough on) but not accepted for " +
+            refused,
+        refused_errno)));
+    return;
+  }
+  on_ready_({});
+}
+
+int FuseChannel::backing_id(std::size_t artifact) {
+  std::unique_lock lock(mutex_);
+  settled_cv_.wait(lock, [this] { return settled_; });
+  return artifact < backing_ids_.size() ? backing_ids_[artifact] : 0;
+}
+
+}  // namespace urunc::bootfs
