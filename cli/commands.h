@@ -43,6 +43,8 @@ struct HookRequest {
   std::string phase;            // create-runtime | poststop
   std::string source = "auto";  // auto | containerd | rootfs
   ContainerdRequest containerd;
+  unsigned threads = 4;
+  std::string passthrough = "auto";
 };
 
 int run_mount(MountRequest request);

@@ -66,6 +66,8 @@ int run_hook(const HookRequest& request) {
   }
 
   MountRequest mount;
+  mount.threads = request.threads;
+  mount.passthrough = request.passthrough;
   mount.bundle = state->bundle;
   mount.mountpoint = mountpoint;
   const fsys::path bundle = fsys::absolute(state->bundle).lexically_normal();

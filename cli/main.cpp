@@ -245,6 +245,8 @@ int run(int argc, char** argv) {
     if (hook_cmd->parsed()) {
       // The namespace of a hook comes from the bundle path, never the file.
       apply_config(hook_cmd, hook.containerd, config);
+      hook.threads = config.threads;
+      hook.passthrough = config.passthrough;
       if (hook.containerd.address.empty()) hook.containerd.address = kDefaultAddress;
       return cli::run_hook(hook);
     }
