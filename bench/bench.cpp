@@ -88,8 +88,7 @@ double median(std::vector<double> v) {
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::ranges::sort(v);
-  const auto rank = static_cast<std::size_t>(
-      std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
   return v[std::clamp<std::size_t>(rank, 1, v.size()) - 1];
 }
 
@@ -99,18 +98,15 @@ void write_text(const fsys::path& path, std::string_view text) {
   if (!out) fail("cannot write " + path.string());
 }
 
-void write_random_file(const fsys::path& path, std::size_t bytes,
-                       unsigned seed) {
-  const int fd =
-      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+void write_random_file(const fsys::path& path, std::size_t bytes, unsigned seed) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail_errno("create " + path.string());
   std::mt19937_64 rng(seed);
   std::vector<std::uint64_t> buf(kMiB / 8);
   for (std::size_t done = 0; done < bytes;) {
     for (auto& w : buf) w = rng();
     const std::size_t n = std::min(bytes - done, kMiB);
-    if (::write(fd, buf.data(), n) != static_cast<ssize_t>(n))
-      fail_errno("write " + path.string());
+    if (::write(fd, buf.data(), n) != static_cast<ssize_t>(n)) fail_errno("write " + path.string());
     done += n;
   }
   ::fsync(fd);
@@ -168,8 +164,7 @@ bool pid_alive(pid_t pid) {
   std::string line;
   if (!std::getline(in, line)) return false;
   const auto close = line.rfind(')');
-  return close != std::string::npos && close + 2 < line.size() &&
-         line[close + 2] != 'Z';
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
 }
 
 // Pages in this open file's own page cache (cachestat(2), Linux 6.5); for
@@ -186,8 +181,7 @@ long long cachestat_pages(const std::string& path) {
     std::uint64_t off, len;
   } range{0, 0};
   struct {
-    std::uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted,
-        nr_recently_evicted;
+    std::uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
   } st{};
   const long rc = ::syscall(kSys, fd, &range, &st, 0);
   ::close(fd);
@@ -217,8 +211,7 @@ Child spawn(const std::vector<std::string>& argv, const fsys::path& log) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(),
-                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   std::vector<char*> args;
   args.reserve(argv.size() + 1);
@@ -226,8 +219,7 @@ Child spawn(const std::vector<std::string>& argv, const fsys::path& log) {
   args.push_back(nullptr);
   Child child;
   child.started = Clock::now();
-  const int rc = ::posix_spawn(&child.pid, args[0], &actions, nullptr,
-                               args.data(), environ);
+  const int rc = ::posix_spawn(&child.pid, args[0], &actions, nullptr, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) {
     errno = rc;
@@ -273,23 +265,20 @@ class Bench {
     args.insert(args.begin(), bin_);
     return wait_exit(spawn(args, log_).pid);
   }
-  void bootfs_mount(const std::string& source, const std::string& mnt,
-                    const std::string& mode,
+  void bootfs_mount(const std::string& source, const std::string& mnt, const std::string& mode,
                     std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {"mount", "--passthrough", mode,
-                                     "--source-dir", source};
+    std::vector<std::string> args = {"mount", "--passthrough", mode, "--source-dir", source};
     args.insert(args.end(), extra.begin(), extra.end());
     args.push_back(mnt);
     bootfs_mounts_.insert(mnt);
     if (const int rc = run_cli(args); rc != 0)
-      fail("urunc-bootfs mount " + mnt + " failed (exit " + std::to_string(rc) +
-           "), see " + log_.string());
+      fail("urunc-bootfs mount " + mnt + " failed (exit " + std::to_string(rc) + "), see " +
+           log_.string());
     remember_daemons();
   }
   void bootfs_umount(const std::string& mnt) {
     if (const int rc = run_cli({"umount", mnt}); rc != 0)
-      fail("urunc-bootfs umount " + mnt + " failed (exit " +
-           std::to_string(rc) + ")");
+      fail("urunc-bootfs umount " + mnt + " failed (exit " + std::to_string(rc) + ")");
     bootfs_mounts_.erase(mnt);
   }
   // Every daemon named by our private state dir is one we started.
@@ -300,9 +289,7 @@ class Bench {
       // A state file is replaced by rename, so it is complete or absent;
       // one that does not parse is skipped (the next call sees it).
       const auto doc = json::parse(read_small(e.path()), nullptr, false);
-      if (doc.is_discarded() || !doc.contains("daemon") ||
-          !doc.contains("mountpoint"))
-        continue;
+      if (doc.is_discarded() || !doc.contains("daemon") || !doc.contains("mountpoint")) continue;
       const pid_t pid = doc["daemon"].value("pid", -1);
       if (pid <= 0) continue;
       out[doc["mountpoint"].get<std::string>()] = pid;
@@ -370,8 +357,7 @@ void Bench::loop_umount(const std::string& mnt) {
 void Bench::cleanup() noexcept {
   try {
     for (const auto& mnt : std::set(bootfs_mounts_))
-      if (in_mount_table(mnt))
-        (void)run_cli({"umount", "--lazy", "--timeout", "10000", mnt});
+      if (in_mount_table(mnt)) (void)run_cli({"umount", "--lazy", "--timeout", "10000", mnt});
     remember_daemons();
     for (pid_t pid : daemons_)
       if (pid_alive(pid)) ::kill(pid, SIGKILL);
@@ -393,15 +379,12 @@ void Bench::cleanup() noexcept {
     std::string line;
     bool busy = false;
     while (std::getline(in, line))
-      if (line.find(" " + work_.string() + "/") != std::string::npos)
-        busy = true;
+      if (line.find(" " + work_.string() + "/") != std::string::npos) busy = true;
     if (!busy && !work_.empty()) {
       std::error_code ec;
       fsys::remove_all(work_, ec);
     } else if (busy) {
-      std::fprintf(stderr,
-                   "bench: left %s (something is still mounted beneath)\n",
-                   work_.c_str());
+      std::fprintf(stderr, "bench: left %s (something is still mounted beneath)\n", work_.c_str());
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench: cleanup: %s\n", e.what());
@@ -417,8 +400,8 @@ struct Pattern {
 };
 
 // Reads `path` with `pattern`; returns bytes per second.
-double read_rate(const std::string& path, const Pattern& pattern,
-                 std::size_t file_bytes, std::size_t random_reads) {
+double read_rate(const std::string& path, const Pattern& pattern, std::size_t file_bytes,
+                 std::size_t random_reads) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail_errno("open " + path);
   std::vector<char> buf(pattern.block);
@@ -453,8 +436,7 @@ json Bench::throughput() {
   // more cold runs than warm ones.
   const int warm_runs = smoke_ ? 1 : 7;
   const int cold_runs = smoke_ ? 1 : 9;
-  const std::size_t random_reads =
-      smoke_ ? 1024 : 16384;  // 64 MiB of 4 KiB reads
+  const std::size_t random_reads = smoke_ ? 1024 : 16384;  // 64 MiB of 4 KiB reads
   const fsys::path src = work_ / "tp-src";
   fsys::create_directories(src / ".boot");
   write_random_file(src / ".boot/kernel", file_bytes, 1);
@@ -478,8 +460,7 @@ json Bench::throughput() {
   auto read_fresh = [&](const std::string& name, const Pattern& pattern) {
     bootfs_mount(src.string(), fresh_mnt, name == "passthrough" ? "on" : "off",
                  {"--kernel", "/.boot/kernel"});
-    const double rate = read_rate(fresh_mnt + "/.boot/kernel", pattern,
-                                  file_bytes, random_reads);
+    const double rate = read_rate(fresh_mnt + "/.boot/kernel", pattern, file_bytes, random_reads);
     bootfs_umount(fresh_mnt);
     return rate;
   };
@@ -508,8 +489,7 @@ json Bench::throughput() {
           for (const auto& [name, path] : targets) {
             check_interrupted();
             if (cache == "cold") drop_caches();
-            rates[name].push_back(
-                read_rate(path, pattern, file_bytes, random_reads));
+            rates[name].push_back(read_rate(path, pattern, file_bytes, random_reads));
           }
         }
       }
@@ -535,14 +515,12 @@ json Bench::throughput() {
 
 void sendfile_copy(const fsys::path& from, const fsys::path& to) {
   const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-  const int out =
-      ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (in < 0 || out < 0) fail_errno("copy " + from.string());
   struct stat st {};
   ::fstat(in, &st);
   for (off_t left = st.st_size; left > 0;) {
-    const ssize_t n =
-        ::sendfile(out, in, nullptr, static_cast<std::size_t>(left));
+    const ssize_t n = ::sendfile(out, in, nullptr, static_cast<std::size_t>(left));
     if (n <= 0) fail_errno("sendfile " + from.string());
     left -= n;
   }
@@ -559,10 +537,9 @@ json Bench::time_to_ready() {
   fsys::create_directories(tree / ".boot");
   write_random_file(tree / ".boot/kernel", kernel_bytes, 2);
   write_random_file(tree / ".boot/initrd", initrd_bytes, 3);
-  write_text(tree / "urunc.json",
-             R"({"com.urunc.unikernel.binary":"Ly5ib290L2tlcm5lbA==",)"
-             R"("com.urunc.unikernel.initrd":"Ly5ib290L2luaXRyZA==",)"
-             R"("com.urunc.unikernel.hypervisor":"cWVtdQ=="})");
+  write_text(tree / "urunc.json", R"({"com.urunc.unikernel.binary":"Ly5ib290L2tlcm5lbA==",)"
+                                  R"("com.urunc.unikernel.initrd":"Ly5ib290L2luaXRyZA==",)"
+                                  R"("com.urunc.unikernel.hypervisor":"cWVtdQ=="})");
   const fsys::path image = work_ / "rootfs.ext4";
   const auto image_mib = (kernel_bytes + initrd_bytes) / kMiB + 32;
   {
@@ -573,8 +550,7 @@ json Bench::time_to_ready() {
                                            tree.string(),
                                            image.string(),
                                            std::to_string(image_mib) + "M"};
-    if (wait_exit(spawn(mkfs, log_).pid) != 0)
-      fail("mkfs.ext4 failed, see " + log_.string());
+    if (wait_exit(spawn(mkfs, log_).pid) != 0) fail("mkfs.ext4 failed, see " + log_.string());
   }
   const std::string rootfs = new_mountpoint("ttr-rootfs");
   const std::string tmpfs = new_mountpoint("ttr-tmpfs");
@@ -593,8 +569,7 @@ json Bench::time_to_ready() {
     check_interrupted();
     // Copy approach: mount the rootfs, copy the artifacts into a tmpfs,
     // unmount the rootfs.
-    if (::mount("tmpfs", tmpfs.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
-                "size=256m") != 0)
+    if (::mount("tmpfs", tmpfs.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=256m") != 0)
       fail_errno("mount tmpfs");
     other_mounts_.insert(tmpfs);
     auto start = Clock::now();
@@ -606,8 +581,8 @@ json Bench::time_to_ready() {
     copy_s.push_back(seconds_since(start));
     struct statvfs sv {};
     ::statvfs(tmpfs.c_str(), &sv);
-    tmpfs_used = static_cast<long long>(sv.f_blocks - sv.f_bfree) *
-                 static_cast<long long>(sv.f_frsize);
+    tmpfs_used =
+        static_cast<long long>(sv.f_blocks - sv.f_bfree) * static_cast<long long>(sv.f_frsize);
     if (::umount2(tmpfs.c_str(), 0) != 0) fail_errno("umount tmpfs");
     other_mounts_.erase(tmpfs);
 
@@ -616,11 +591,9 @@ json Bench::time_to_ready() {
     loop_mount(image, rootfs);
     bootfs_mount(rootfs, boot, "auto");
     {
-      const int fd =
-          ::open((boot + "/.boot/kernel").c_str(), O_RDONLY | O_CLOEXEC);
+      const int fd = ::open((boot + "/.boot/kernel").c_str(), O_RDONLY | O_CLOEXEC);
       char c = 0;
-      if (fd < 0 || ::read(fd, &c, 1) != 1)
-        fail_errno("first byte through " + boot);
+      if (fd < 0 || ::read(fd, &c, 1) != 1) fail_errno("first byte through " + boot);
       ::close(fd);
     }
     bootfs_s.push_back(seconds_since(start));
@@ -661,13 +634,11 @@ json Bench::memory() {
     // throughput phase's drop_caches, each early mount would page in more
     // of the binary and its libraries (46 MiB for the first one), which is
     // not memory a mount holds.
-    (void)read_rate((src / ".boot/kernel").string(), {"prime", kMiB, false},
-                    file_bytes, 0);
+    (void)read_rate((src / ".boot/kernel").string(), {"prime", kMiB, false}, file_bytes, 0);
     {
       const std::string warmup = new_mountpoint("mem-warmup");
       bootfs_mount(src.string(), warmup, mode, {"--kernel", "/.boot/kernel"});
-      (void)read_rate(warmup + "/.boot/kernel", {"read", kMiB, false},
-                      file_bytes, 0);
+      (void)read_rate(warmup + "/.boot/kernel", {"read", kMiB, false}, file_bytes, 0);
       bootfs_umount(warmup);
     }
     std::vector<std::string> mnts;
@@ -681,8 +652,7 @@ json Bench::memory() {
       check_interrupted();
       const long long before = page_cache_bytes();
       mnts.push_back(new_mountpoint("mem-" + name + "-" + std::to_string(i)));
-      bootfs_mount(src.string(), mnts.back(), mode,
-                   {"--kernel", "/.boot/kernel"});
+      bootfs_mount(src.string(), mnts.back(), mode, {"--kernel", "/.boot/kernel"});
       const std::string file = mnts.back() + "/.boot/kernel";
       (void)read_rate(file, {"read", kMiB, false}, file_bytes, 0);
       cache.push_back(page_cache_bytes());
@@ -697,21 +667,19 @@ json Bench::memory() {
         pss.push_back(pss_kib(it->second));
       }
     for (const auto& m : mnts) bootfs_umount(m);
-    std::vector<double> rss_d(rss.begin(), rss.end()),
-        pss_d(pss.begin(), pss.end());
-    out[name] = {{"mounts", mounts},
-                 {"file_bytes", file_bytes},
-                 // The median over the mounts: other jobs on the machine
-                 // add to the system-wide figure now and then.
-                 {"page_cache_added_per_mount_bytes", median(added)},
-                 {"page_cache_added_by_each_mount_bytes", added},
-                 {"page_cache_after_each_mount_bytes", cache},
-                 {"fuse_inode_cache_bytes_per_mount",
-                  static_cast<double>(fuse_pages) * 4096.0 / mounts},
-                 {"daemon_rss_kib_median", median(rss_d)},
-                 {"daemon_pss_kib_median", median(pss_d)},
-                 {"daemon_rss_kib_max",
-                  rss_d.empty() ? 0 : *std::ranges::max_element(rss_d)}};
+    std::vector<double> rss_d(rss.begin(), rss.end()), pss_d(pss.begin(), pss.end());
+    out[name] = {
+        {"mounts", mounts},
+        {"file_bytes", file_bytes},
+        // The median over the mounts: other jobs on the machine
+        // add to the system-wide figure now and then.
+        {"page_cache_added_per_mount_bytes", median(added)},
+        {"page_cache_added_by_each_mount_bytes", added},
+        {"page_cache_after_each_mount_bytes", cache},
+        {"fuse_inode_cache_bytes_per_mount", static_cast<double>(fuse_pages) * 4096.0 / mounts},
+        {"daemon_rss_kib_median", median(rss_d)},
+        {"daemon_pss_kib_median", median(pss_d)},
+        {"daemon_rss_kib_max", rss_d.empty() ? 0 : *std::ranges::max_element(rss_d)}};
   }
   return out;
 }
@@ -741,16 +709,14 @@ json Bench::scale() {
   // N concurrent mounts: each `mount` process timed from its own start.
   std::vector<std::string> mnts;
   mnts.reserve(static_cast<std::size_t>(many));
-  for (int i = 0; i < many; ++i)
-    mnts.push_back(new_mountpoint("scale-" + std::to_string(i)));
-  const std::vector<std::string> artifact_flags = {"--kernel", "/.boot/kernel",
-                                                   "--initrd", "/.boot/initrd"};
+  for (int i = 0; i < many; ++i) mnts.push_back(new_mountpoint("scale-" + std::to_string(i)));
+  const std::vector<std::string> artifact_flags = {"--kernel", "/.boot/kernel", "--initrd",
+                                                   "/.boot/initrd"};
   std::vector<Child> children;
   const auto start_all = Clock::now();
   for (const auto& m : mnts) {
     bootfs_mounts_.insert(m);
-    std::vector<std::string> args = {bin_, "mount", "--source-dir",
-                                     src.string()};
+    std::vector<std::string> args = {bin_, "mount", "--source-dir", src.string()};
     args.insert(args.end(), artifact_flags.begin(), artifact_flags.end());
     args.push_back(m);
     children.push_back(spawn(args, log_));
@@ -784,22 +750,21 @@ json Bench::scale() {
   auto umount_all = [&]() {
     children.clear();
     const auto start = Clock::now();
-    for (const auto& m : mnts)
-      children.push_back(spawn({bin_, "umount", m}, log_));
+    for (const auto& m : mnts) children.push_back(spawn({bin_, "umount", m}, log_));
     int umount_failures = 0;
     for (const auto& c : children)
       if (wait_exit(c.pid) != 0) ++umount_failures;
     for (const auto& m : mnts)
       if (!in_mount_table(m)) bootfs_mounts_.erase(m);
     if (umount_failures != 0)
-      fail(std::to_string(umount_failures) + " unmounts of " +
-           std::to_string(many) + " failed, see " + log_.string());
+      fail(std::to_string(umount_failures) + " unmounts of " + std::to_string(many) +
+           " failed, see " + log_.string());
     return seconds_since(start);
   };
   const double umount_all_s = umount_all();
   if (failures != 0)
-    fail(std::to_string(failures) + " concurrent mounts of " +
-         std::to_string(many) + " failed, see " + log_.string());
+    fail(std::to_string(failures) + " concurrent mounts of " + std::to_string(many) +
+         " failed, see " + log_.string());
 
   // The same N mounts one after another: the latency of a mount while up
   // to N - 1 others are live (does a mount slow down as mounts pile up?).
@@ -822,10 +787,8 @@ json Bench::scale() {
       {"daemons", live},
       {"total_rss_kib", total_rss},
       {"total_pss_kib", total_pss},
-      {"pss_kib_per_mount",
-       live ? static_cast<double>(total_pss) / static_cast<double>(live) : 0},
-      {"rss_kib_per_mount",
-       live ? static_cast<double>(total_rss) / static_cast<double>(live) : 0},
+      {"pss_kib_per_mount", live ? static_cast<double>(total_pss) / static_cast<double>(live) : 0},
+      {"rss_kib_per_mount", live ? static_cast<double>(total_rss) / static_cast<double>(live) : 0},
       {"n1_median_ms", median(single) * 1e3},
       {"n1_p99_ms", percentile(single, 99) * 1e3},
       {"nN_median_ms", median(latency) * 1e3},
@@ -892,71 +855,48 @@ std::string table(const json& d) {
       << fmt(r["splice_gbps"].get<double>(), 2, 6) << " | "
       << fmt(r["splice_ratio"].get<double>(), 2, 5) << " |\n";
   const auto& t = d["time_to_ready"];
-  o << "\nTime to ready, " << t["kernel_bytes"].get<std::size_t>() / kMiB
-    << " MiB kernel + " << t["initrd_bytes"].get<std::size_t>() / kMiB
-    << " MiB initrd + urunc.json from an ext4 loop rootfs ("
-    << t["runs"].get<int>() << " runs, median)\n";
+  o << "\nTime to ready, " << t["kernel_bytes"].get<std::size_t>() / kMiB << " MiB kernel + "
+    << t["initrd_bytes"].get<std::size_t>() / kMiB
+    << " MiB initrd + urunc.json from an ext4 loop rootfs (" << t["runs"].get<int>()
+    << " runs, median)\n";
   o << "| approach | ms | tmpfs bytes |\n|---|---:|---:|\n";
-  o << "| copy (mount, copy to tmpfs, umount) | "
-    << fmt(t["copy_median_ms"].get<double>(), 1) << " | "
-    << t["copy_tmpfs_bytes"].get<long long>() << " |\n";
-  o << "| urunc-bootfs (mount, serve, first byte) | "
-    << fmt(t["bootfs_median_ms"].get<double>(), 1)
-    << " | 0 (state file on /run: "
-    << t["bootfs_state_file_bytes"].get<long long>() << ") |\n";
-  o << "| ratio urunc-bootfs / copy | " << fmt(t["ratio"].get<double>(), 2)
-    << " | |\n";
+  o << "| copy (mount, copy to tmpfs, umount) | " << fmt(t["copy_median_ms"].get<double>(), 1)
+    << " | " << t["copy_tmpfs_bytes"].get<long long>() << " |\n";
+  o << "| urunc-bootfs (mount, serve, first byte) | " << fmt(t["bootfs_median_ms"].get<double>(), 1)
+    << " | 0 (state file on /run: " << t["bootfs_state_file_bytes"].get<long long>() << ") |\n";
+  o << "| ratio urunc-bootfs / copy | " << fmt(t["ratio"].get<double>(), 2) << " | |\n";
   const auto& m = d["memory"];
-  o << "\nMemory, " << m["passthrough"]["mounts"].get<int>()
-    << " mounts of the same "
-    << m["passthrough"]["file_bytes"].get<std::size_t>() / kMiB
-    << " MiB file, each read once\n";
+  o << "\nMemory, " << m["passthrough"]["mounts"].get<int>() << " mounts of the same "
+    << m["passthrough"]["file_bytes"].get<std::size_t>() / kMiB << " MiB file, each read once\n";
   o << "| mode | page cache added per extra mount (meminfo) | FUSE inode cache "
        "per mount (cachestat) | daemon RSS median / max | daemon PSS median "
        "|\n";
   o << "|---|---:|---:|---:|---:|\n";
   for (const char* mode : {"passthrough", "splice"})
     o << "| " << mode << " | "
-      << (fmt(m[mode]["page_cache_added_per_mount_bytes"].get<double>() / kMiB,
-              1) +
-          " MiB")
+      << (fmt(m[mode]["page_cache_added_per_mount_bytes"].get<double>() / kMiB, 1) + " MiB")
       << " | "
-      << (fmt(m[mode]["fuse_inode_cache_bytes_per_mount"].get<double>() / kMiB,
-              1) +
-          " MiB")
-      << " | " << fmt(m[mode]["daemon_rss_kib_median"].get<double>() / 1024, 2)
-      << " / "
-      << (fmt(m[mode]["daemon_rss_kib_max"].get<double>() / 1024, 2) + " MiB")
-      << " | "
-      << (fmt(m[mode]["daemon_pss_kib_median"].get<double>() / 1024, 2) +
-          " MiB")
-      << " |\n";
+      << (fmt(m[mode]["fuse_inode_cache_bytes_per_mount"].get<double>() / kMiB, 1) + " MiB")
+      << " | " << fmt(m[mode]["daemon_rss_kib_median"].get<double>() / 1024, 2) << " / "
+      << (fmt(m[mode]["daemon_rss_kib_max"].get<double>() / 1024, 2) + " MiB") << " | "
+      << (fmt(m[mode]["daemon_pss_kib_median"].get<double>() / 1024, 2) + " MiB") << " |\n";
   const auto& s = d["scale"];
-  o << "\nScale, " << s["n"].get<int>()
-    << " concurrent mounts over --source-dir\n";
+  o << "\nScale, " << s["n"].get<int>() << " concurrent mounts over --source-dir\n";
   o << "| measure | value |\n|---|---:|\n";
-  o << "| time to mount all | "
-    << (fmt(s["mount_all_s"].get<double>(), 2) + " s") << " |\n";
-  o << "| time to unmount all | "
-    << (fmt(s["umount_all_s"].get<double>(), 2) + " s") << " |\n";
-  o << "| total daemon RSS | "
-    << (fmt(s["total_rss_kib"].get<double>() / 1024, 1) + " MiB") << " ("
-    << (fmt(s["rss_kib_per_mount"].get<double>() / 1024, 2) + " MiB")
-    << " per mount) |\n";
-  o << "| total daemon PSS | "
-    << (fmt(s["total_pss_kib"].get<double>() / 1024, 1) + " MiB") << " ("
-    << (fmt(s["pss_kib_per_mount"].get<double>() / 1024, 2) + " MiB")
-    << " per mount) |\n";
-  o << "| mount latency N=1 median / p99 | "
-    << fmt(s["n1_median_ms"].get<double>(), 1) << " / "
+  o << "| time to mount all | " << (fmt(s["mount_all_s"].get<double>(), 2) + " s") << " |\n";
+  o << "| time to unmount all | " << (fmt(s["umount_all_s"].get<double>(), 2) + " s") << " |\n";
+  o << "| total daemon RSS | " << (fmt(s["total_rss_kib"].get<double>() / 1024, 1) + " MiB") << " ("
+    << (fmt(s["rss_kib_per_mount"].get<double>() / 1024, 2) + " MiB") << " per mount) |\n";
+  o << "| total daemon PSS | " << (fmt(s["total_pss_kib"].get<double>() / 1024, 1) + " MiB") << " ("
+    << (fmt(s["pss_kib_per_mount"].get<double>() / 1024, 2) + " MiB") << " per mount) |\n";
+  o << "| mount latency N=1 median / p99 | " << fmt(s["n1_median_ms"].get<double>(), 1) << " / "
     << (fmt(s["n1_p99_ms"].get<double>(), 1) + " ms") << " |\n";
-  o << "| mount latency, N=" << s["n"].get<int>()
-    << " started at once, median / p99 | "
+  o << "| mount latency, N=" << s["n"].get<int>() << " started at once, median / p99 | "
     << fmt(s["nN_median_ms"].get<double>(), 1) << " / "
     << (fmt(s["nN_p99_ms"].get<double>(), 1) + " ms") << " |\n";
-  o << "| mount latency, one at a time up to N=" << s["n"].get<int>()
-    << " live, median / p99 | " << fmt(s["growing_median_ms"].get<double>(), 1)
-    << " / " << (fmt(s["growing_p99_ms"].get<double>(), 1) + " ms") << " |\n";
+  o << "| mount latency, one at a time up to N=" << s["n"].get<int>() << " live, median / p99 | "
+    << fmt(s["growing_median_ms"].get<double>(), 1) << " / "
+    << (fmt(s["growing_p99_ms"].get<double>(), 1) + " ms") << " |\n";
 
   // Targets (issue 5).
   auto row = [&](const char* cache, const char* pattern) -> const json& {
@@ -964,51 +904,36 @@ std::string table(const json& d) {
       if (r["cache"] == cache && r["pattern"] == pattern) return r;
     fail("no row");
   };
-  const double cold1m =
-      row("cold", "seq 1 MiB")["passthrough_ratio"].get<double>();
-  const double warm1m =
-      row("warm", "seq 1 MiB")["passthrough_ratio"].get<double>();
-  const double rcold =
-      row("cold", "rand 4 KiB")["passthrough_ratio"].get<double>();
-  const double rwarm =
-      row("warm", "rand 4 KiB")["passthrough_ratio"].get<double>();
-  const double pc =
-      m["passthrough"]["page_cache_added_per_mount_bytes"].get<double>();
-  const double fusepc =
-      m["passthrough"]["fuse_inode_cache_bytes_per_mount"].get<double>();
-  const double rss =
-      std::max({m["passthrough"]["daemon_rss_kib_max"].get<double>(),
-                m["splice"]["daemon_rss_kib_max"].get<double>(),
-                s["rss_kib_per_mount"].get<double>()}) /
-      1024;
-  const double p99 =
-      s["nN_p99_ms"].get<double>() / s["n1_median_ms"].get<double>();
-  const double p99_growing =
-      s["growing_p99_ms"].get<double>() / s["n1_median_ms"].get<double>();
+  const double cold1m = row("cold", "seq 1 MiB")["passthrough_ratio"].get<double>();
+  const double warm1m = row("warm", "seq 1 MiB")["passthrough_ratio"].get<double>();
+  const double rcold = row("cold", "rand 4 KiB")["passthrough_ratio"].get<double>();
+  const double rwarm = row("warm", "rand 4 KiB")["passthrough_ratio"].get<double>();
+  const double pc = m["passthrough"]["page_cache_added_per_mount_bytes"].get<double>();
+  const double fusepc = m["passthrough"]["fuse_inode_cache_bytes_per_mount"].get<double>();
+  const double rss = std::max({m["passthrough"]["daemon_rss_kib_max"].get<double>(),
+                               m["splice"]["daemon_rss_kib_max"].get<double>(),
+                               s["rss_kib_per_mount"].get<double>()}) /
+                     1024;
+  const double p99 = s["nN_p99_ms"].get<double>() / s["n1_median_ms"].get<double>();
+  const double p99_growing = s["growing_p99_ms"].get<double>() / s["n1_median_ms"].get<double>();
   o << "\nTargets\n| target | measured | |\n|---|---|---|\n";
-  o << "| 1 MiB sequential >= 0.95 of direct (passthrough) | cold "
-    << fmt(cold1m, 2) << ", warm " << fmt(warm1m, 2) << " | "
-    << verdict(cold1m >= 0.95 && warm1m >= 0.95) << " |\n";
-  o << "| 4 KiB random >= 0.9 of direct (passthrough) | cold " << fmt(rcold, 2)
-    << ", warm " << fmt(rwarm, 2) << " | "
-    << verdict(rcold >= 0.9 && rwarm >= 0.9) << " |\n";
-  o << "| page cache per extra mount = 0 (passthrough) | meminfo "
-    << (fmt(pc / kMiB, 1) + " MiB") << ", FUSE inode "
-    << (fmt(fusepc / kMiB, 1) + " MiB") << " | " << verdict(fusepc == 0)
+  o << "| 1 MiB sequential >= 0.95 of direct (passthrough) | cold " << fmt(cold1m, 2) << ", warm "
+    << fmt(warm1m, 2) << " | " << verdict(cold1m >= 0.95 && warm1m >= 0.95) << " |\n";
+  o << "| 4 KiB random >= 0.9 of direct (passthrough) | cold " << fmt(rcold, 2) << ", warm "
+    << fmt(rwarm, 2) << " | " << verdict(rcold >= 0.9 && rwarm >= 0.9) << " |\n";
+  o << "| page cache per extra mount = 0 (passthrough) | meminfo " << (fmt(pc / kMiB, 1) + " MiB")
+    << ", FUSE inode " << (fmt(fusepc / kMiB, 1) + " MiB") << " | " << verdict(fusepc == 0)
     << " |\n";
   const double pss = s["pss_kib_per_mount"].get<double>() / 1024;
   o << "| daemon RSS <= 4 MiB per mount | RSS max " << (fmt(rss, 2) + " MiB")
-    << ", PSS at N=" << s["n"].get<int>() << " " << (fmt(pss, 2) + " MiB")
-    << " | " << verdict(rss <= 4)
-    << (rss > 4 && pss <= 4 ? " (RSS); met (PSS)" : "") << " |\n";
+    << ", PSS at N=" << s["n"].get<int>() << " " << (fmt(pss, 2) + " MiB") << " | "
+    << verdict(rss <= 4) << (rss > 4 && pss <= 4 ? " (RSS); met (PSS)" : "") << " |\n";
   o << "| tmpfs used = 0 | 0 artifact bytes | met |\n";
-  o << "| time to ready <= 0.5 of copy | " << fmt(t["ratio"].get<double>(), 2)
-    << " | " << verdict(t["ratio"].get<double>() <= 0.5) << " |\n";
-  o << "| p99 at N=" << s["n"].get<int>()
-    << " <= 3x N=1 median | started at once " << (fmt(p99, 2) + "x")
-    << ", with N live " << (fmt(p99_growing, 2) + "x") << " | "
-    << verdict(p99 <= 3) << " (at once); " << verdict(p99_growing <= 3)
-    << " (N live) |\n";
+  o << "| time to ready <= 0.5 of copy | " << fmt(t["ratio"].get<double>(), 2) << " | "
+    << verdict(t["ratio"].get<double>() <= 0.5) << " |\n";
+  o << "| p99 at N=" << s["n"].get<int>() << " <= 3x N=1 median | started at once "
+    << (fmt(p99, 2) + "x") << ", with N live " << (fmt(p99_growing, 2) + "x") << " | "
+    << verdict(p99 <= 3) << " (at once); " << verdict(p99_growing <= 3) << " (N live) |\n";
   return o.str();
 }
 
@@ -1039,42 +964,32 @@ void plot(const json& d, const fsys::path& out) {
       << "set title 'Read throughput / direct read ("
       << d["throughput"]["file_bytes"].get<std::size_t>() / kMiB
       << " MiB file)'\nset xtics rotate by -40 font ',9'\nset key top left\n"
-      << "plot '" << data.string()
-      << "' using 2:xtic(1) title 'passthrough' lc rgb '#2a9d8f', "
+      << "plot '" << data.string() << "' using 2:xtic(1) title 'passthrough' lc rgb '#2a9d8f', "
       << "'' using 3 title 'splice' lc rgb '#8ab4f8', 1 with lines dt 2 lc rgb "
          "'black' title 'direct'\n"
       << "unset key\nset xtics norotate font ',10'\n"
-      << "set title 'Time to ready, "
-      << t["kernel_bytes"].get<std::size_t>() / kMiB << " + "
-      << t["initrd_bytes"].get<std::size_t>() / kMiB
-      << " MiB (median ms)'\nset ylabel 'ms'\n"
+      << "set title 'Time to ready, " << t["kernel_bytes"].get<std::size_t>() / kMiB << " + "
+      << t["initrd_bytes"].get<std::size_t>() / kMiB << " MiB (median ms)'\nset ylabel 'ms'\n"
       << "plot '-' using 2:xtic(1) lc rgb '#e76f51' notitle\n"
       << "\"copy to tmpfs\" " << t["copy_median_ms"].get<double>() << "\n"
       << "\"urunc-bootfs\" " << t["bootfs_median_ms"].get<double>() << "\ne\n"
       << "set title 'FUSE page cache per extra mount (MiB)'\nset ylabel 'MiB'\n"
       << "plot '-' using 2:xtic(1) lc rgb '#264653' notitle\n"
       << "\"passthrough\" "
-      << m["passthrough"]["fuse_inode_cache_bytes_per_mount"].get<double>() /
-             kMiB
-      << "\n"
-      << "\"splice\" "
-      << m["splice"]["fuse_inode_cache_bytes_per_mount"].get<double>() / kMiB
+      << m["passthrough"]["fuse_inode_cache_bytes_per_mount"].get<double>() / kMiB << "\n"
+      << "\"splice\" " << m["splice"]["fuse_inode_cache_bytes_per_mount"].get<double>() / kMiB
       << "\ne\n"
       << "unset multiplot\n";
   }
   if (::access("/usr/bin/gnuplot", X_OK) != 0) {
-    std::fprintf(
-        stderr,
-        "bench: gnuplot not found (apt-get install gnuplot-nox): no PNG\n");
+    std::fprintf(stderr, "bench: gnuplot not found (apt-get install gnuplot-nox): no PNG\n");
     return;
   }
   const std::string cmd = "/usr/bin/gnuplot";
   if (wait_exit(spawn({cmd, script.string()}, out / "gnuplot.log").pid) != 0)
-    std::fprintf(stderr, "bench: gnuplot failed, see %s\n",
-                 (out / "gnuplot.log").c_str());
+    std::fprintf(stderr, "bench: gnuplot failed, see %s\n", (out / "gnuplot.log").c_str());
   else
-    for (const char* f : {"gnuplot.log", "bench.gp", "throughput.dat"})
-      fsys::remove(out / f);
+    for (const char* f : {"gnuplot.log", "bench.gp", "throughput.dat"}) fsys::remove(out / f);
 }
 
 void on_signal(int) {
@@ -1082,14 +997,13 @@ void on_signal(int) {
 }
 
 int usage() {
-  std::fprintf(
-      stderr,
-      "usage: urunc-bootfs-bench [--out DIR] [--smoke] [--bin PATH]\n"
-      "  --out DIR   write bench.json, bench.md, bench.png there (default "
-      "bench/results)\n"
-      "  --smoke     small files, few runs, no speed targets (under a minute)\n"
-      "  --bin PATH  the urunc-bootfs binary (default: the one built with "
-      "this)\n");
+  std::fprintf(stderr,
+               "usage: urunc-bootfs-bench [--out DIR] [--smoke] [--bin PATH]\n"
+               "  --out DIR   write bench.json, bench.md, bench.png there (default "
+               "bench/results)\n"
+               "  --smoke     small files, few runs, no speed targets (under a minute)\n"
+               "  --bin PATH  the urunc-bootfs binary (default: the one built with "
+               "this)\n");
   return 2;
 }
 
@@ -1113,15 +1027,11 @@ int main(int argc, char** argv) {
   }
   // 77: ctest's "skipped".
   if (::geteuid() != 0) {
-    std::fprintf(
-        stderr,
-        "bench: needs root (mounts, loop devices, drop_caches): skipped\n");
+    std::fprintf(stderr, "bench: needs root (mounts, loop devices, drop_caches): skipped\n");
     return 77;
   }
-  if (::access("/dev/fuse", R_OK | W_OK) != 0 ||
-      ::access(bin.c_str(), X_OK) != 0) {
-    std::fprintf(stderr, "bench: /dev/fuse or %s is not available: skipped\n",
-                 bin.c_str());
+  if (::access("/dev/fuse", R_OK | W_OK) != 0 || ::access(bin.c_str(), X_OK) != 0) {
+    std::fprintf(stderr, "bench: /dev/fuse or %s is not available: skipped\n", bin.c_str());
     return 77;
   }
   struct sigaction sa {};

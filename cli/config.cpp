@@ -22,8 +22,7 @@ bool contains(const Range& range, std::string_view value) {
 template <class Range>
 std::string joined(const Range& range) {
   std::string out;
-  for (const auto& item : range)
-    out += (out.empty() ? "" : ", ") + std::string(item);
+  for (const auto& item : range) out += (out.empty() ? "" : ", ") + std::string(item);
   return out;
 }
 
@@ -32,8 +31,7 @@ bool valid_namespace(std::string_view ns) {
   if (ns.empty() || ns.size() > 76) return false;
   bool after_separator = true;
   for (const char c : ns) {
-    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                       (c >= '0' && c <= '9');
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
     if (alnum) {
       after_separator = false;
     } else if (c == '.' || c == '_' || c == '-') {
@@ -47,45 +45,39 @@ bool valid_namespace(std::string_view ns) {
 }
 
 Error bad(std::string_view path, std::string_view key, const std::string& why) {
-  return make_error(ErrorKind::invalid,
-                    std::string(path) + ": " +
-                        (key.empty() ? "" : "\"" + std::string(key) + "\": ") +
-                        why);
+  return make_error(
+      ErrorKind::invalid,
+      std::string(path) + ": " + (key.empty() ? "" : "\"" + std::string(key) + "\": ") + why);
 }
 
-Result<std::string> string_value(const nlohmann::json& doc,
-                                 std::string_view path, std::string_view key) {
+Result<std::string> string_value(const nlohmann::json& doc, std::string_view path,
+                                 std::string_view key) {
   const auto& v = doc.at(std::string(key));
-  if (!v.is_string())
-    return std::unexpected(bad(path, key, "must be a string"));
+  if (!v.is_string()) return std::unexpected(bad(path, key, "must be a string"));
   return v.get<std::string>();
 }
 
-Result<long long> integer_value(const nlohmann::json& doc,
-                                std::string_view path, std::string_view key,
-                                long long low, long long high) {
+Result<long long> integer_value(const nlohmann::json& doc, std::string_view path,
+                                std::string_view key, long long low, long long high) {
   const auto& v = doc.at(std::string(key));
-  if (!v.is_number_integer())
-    return std::unexpected(bad(path, key, "must be an integer"));
+  if (!v.is_number_integer()) return std::unexpected(bad(path, key, "must be an integer"));
   const long long n = v.get<long long>();
   if (n < low || n > high)
-    return std::unexpected(bad(path, key,
-                               "must be between " + std::to_string(low) +
-                                   " and " + std::to_string(high)));
+    return std::unexpected(
+        bad(path, key, "must be between " + std::to_string(low) + " and " + std::to_string(high)));
   return n;
 }
 
 void set_defaults_origin(Config& config) {
-  for (const char* key : {"address", "namespace", "log_level", "timeout_ms",
-                          "threads", "passthrough", "allowed_mount_options"})
+  for (const char* key : {"address", "namespace", "log_level", "timeout_ms", "threads",
+                          "passthrough", "allowed_mount_options"})
     config.origin.emplace(key, "default");
 }
 
 }  // namespace
 
 std::string config_path() {
-  if (const char* env = std::getenv(kConfigEnv); env != nullptr && *env != '\0')
-    return env;
+  if (const char* env = std::getenv(kConfigEnv); env != nullptr && *env != '\0') return env;
   return kDefaultConfigPath;
 }
 
@@ -94,10 +86,8 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
   config.path = std::string(path);
   config.loaded = true;
   auto doc = nlohmann::json::parse(text, nullptr, false);
-  if (doc.is_discarded())
-    return std::unexpected(bad(path, "", "not valid JSON"));
-  if (!doc.is_object())
-    return std::unexpected(bad(path, "", "must be a JSON object"));
+  if (doc.is_discarded()) return std::unexpected(bad(path, "", "not valid JSON"));
+  if (!doc.is_object()) return std::unexpected(bad(path, "", "must be a JSON object"));
   static constexpr std::array kKeys = {"address",
                                        "namespace",
                                        "log_level",
@@ -107,30 +97,27 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
                                        "allowed_mount_options"};
   for (const auto& [key, value] : doc.items())
     if (!contains(kKeys, key))
-      return std::unexpected(
-          bad(path, key, "unknown key (known: " + joined(kKeys) + ")"));
+      return std::unexpected(bad(path, key, "unknown key (known: " + joined(kKeys) + ")"));
 
   if (doc.contains("address")) {
     auto v = string_value(doc, path, "address");
     if (!v) return std::unexpected(v.error());
-    if (v->empty())
-      return std::unexpected(bad(path, "address", "must not be empty"));
+    if (v->empty()) return std::unexpected(bad(path, "address", "must not be empty"));
     config.address = *v;
   }
   if (doc.contains("namespace")) {
     auto v = string_value(doc, path, "namespace");
     if (!v) return std::unexpected(v.error());
     if (!valid_namespace(*v))
-      return std::unexpected(bad(
-          path, "namespace", "\"" + *v + "\" is not a containerd namespace"));
+      return std::unexpected(
+          bad(path, "namespace", "\"" + *v + "\" is not a containerd namespace"));
     config.ns = *v;
   }
   if (doc.contains("log_level")) {
     auto v = string_value(doc, path, "log_level");
     if (!v) return std::unexpected(v.error());
     if (!contains(kLogLevels, *v))
-      return std::unexpected(
-          bad(path, "log_level", "must be one of " + joined(kLogLevels)));
+      return std::unexpected(bad(path, "log_level", "must be one of " + joined(kLogLevels)));
     config.log_level = *v;
   }
   if (doc.contains("timeout_ms")) {
@@ -147,26 +134,23 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
     auto v = string_value(doc, path, "passthrough");
     if (!v) return std::unexpected(v.error());
     if (!contains(kPassthroughModes, *v))
-      return std::unexpected(bad(
-          path, "passthrough", "must be one of " + joined(kPassthroughModes)));
+      return std::unexpected(
+          bad(path, "passthrough", "must be one of " + joined(kPassthroughModes)));
     config.passthrough = *v;
   }
   if (doc.contains("allowed_mount_options")) {
     const auto& v = doc.at("allowed_mount_options");
     if (!v.is_array())
-      return std::unexpected(
-          bad(path, "allowed_mount_options", "must be an array of strings"));
+      return std::unexpected(bad(path, "allowed_mount_options", "must be an array of strings"));
     config.allowed_mount_options.clear();
     for (const auto& item : v) {
       if (!item.is_string())
-        return std::unexpected(
-            bad(path, "allowed_mount_options", "must be an array of strings"));
+        return std::unexpected(bad(path, "allowed_mount_options", "must be an array of strings"));
       const auto name = item.get<std::string>();
       if (!contains(kHelperOptions, name))
-        return std::unexpected(bad(path, "allowed_mount_options",
-                                   "\"" + name +
-                                       "\" is not a mount option (known: " +
-                                       joined(kHelperOptions) + ")"));
+        return std::unexpected(
+            bad(path, "allowed_mount_options",
+                "\"" + name + "\" is not a mount option (known: " + joined(kHelperOptions) + ")"));
       if (!contains(config.allowed_mount_options, name))
         config.allowed_mount_options.push_back(name);
     }
@@ -178,8 +162,7 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
 
 Result<Config> load_config() {
   const std::string path = config_path();
-  const bool from_env =
-      std::getenv(kConfigEnv) != nullptr && *std::getenv(kConfigEnv) != '\0';
+  const bool from_env = std::getenv(kConfigEnv) != nullptr && *std::getenv(kConfigEnv) != '\0';
   std::ifstream in(path);
   if (!in) {
     const int err = errno;
@@ -190,11 +173,9 @@ Result<Config> load_config() {
       return config;
     }
     return std::unexpected(errno_error(
-        err, "config file " + path +
-                 (from_env ? std::string(" (from ") + kConfigEnv + ")" : "")));
+        err, "config file " + path + (from_env ? std::string(" (from ") + kConfigEnv + ")" : "")));
   }
-  const std::string text{std::istreambuf_iterator<char>(in),
-                         std::istreambuf_iterator<char>()};
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   return parse_config(text, path);
 }
 
@@ -217,21 +198,17 @@ nlohmann::json config_to_json(const Config& config) {
       {"allowed_mount_options", config.allowed_mount_options},
   };
   nlohmann::json origins = nlohmann::json::object();
-  for (const auto& [key, value] : values.items())
-    origins[key] = origin(key.c_str());
-  return {{"file", config.path},
-          {"loaded", config.loaded},
-          {"values", values},
-          {"origin", origins}};
+  for (const auto& [key, value] : values.items()) origins[key] = origin(key.c_str());
+  return {
+      {"file", config.path}, {"loaded", config.loaded}, {"values", values}, {"origin", origins}};
 }
 
 std::string format_config(const Config& config) {
   const auto doc = config_to_json(config);
-  std::string out = "config file: " + config.path +
-                    (config.loaded ? "" : " (absent: built-in defaults)") +
-                    "\n";
-  for (const char* key : {"address", "namespace", "log_level", "timeout_ms",
-                          "threads", "passthrough", "allowed_mount_options"}) {
+  std::string out =
+      "config file: " + config.path + (config.loaded ? "" : " (absent: built-in defaults)") + "\n";
+  for (const char* key : {"address", "namespace", "log_level", "timeout_ms", "threads",
+                          "passthrough", "allowed_mount_options"}) {
     const auto& v = doc["values"][key];
     std::string text;
     if (v.is_string()) {

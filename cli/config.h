@@ -31,11 +31,9 @@
 
 namespace urunc::bootfs::cli {
 
-inline constexpr const char* kDefaultConfigPath =
-    "/etc/urunc-bootfs/config.json";
+inline constexpr const char* kDefaultConfigPath = "/etc/urunc-bootfs/config.json";
 inline constexpr const char* kConfigEnv = "URUNC_BOOTFS_CONFIG";
-inline constexpr const char* kDefaultContainerdAddress =
-    "/run/containerd/containerd.sock";
+inline constexpr const char* kDefaultContainerdAddress = "/run/containerd/containerd.sock";
 
 // The NAME=VALUE options of the mount helper (`mount -o`), in the order the
 // man page lists them. allowed_mount_options narrows them.
@@ -43,10 +41,9 @@ inline constexpr std::array<std::string_view, 10> kHelperOptions = {
     "bundle",    "kernel",  "initrd",  "snapshotter", "address",
     "namespace", "timeout", "threads", "passthrough", "log_level"};
 
-inline constexpr std::array<std::string_view, 6> kLogLevels = {
-    "trace", "debug", "info", "warn", "error", "off"};
-inline constexpr std::array<std::string_view, 3> kPassthroughModes = {
-    "auto", "on", "off"};
+inline constexpr std::array<std::string_view, 6> kLogLevels = {"trace", "debug", "info",
+                                                               "warn",  "error", "off"};
+inline constexpr std::array<std::string_view, 3> kPassthroughModes = {"auto", "on", "off"};
 
 struct Config {
   std::string address = kDefaultContainerdAddress;
@@ -55,8 +52,7 @@ struct Config {
   int timeout_ms = 10000;
   unsigned threads = 4;
   std::string passthrough = "auto";
-  std::vector<std::string> allowed_mount_options{kHelperOptions.begin(),
-                                                 kHelperOptions.end()};
+  std::vector<std::string> allowed_mount_options{kHelperOptions.begin(), kHelperOptions.end()};
 
   std::string path;     // the file looked at
   bool loaded = false;  // it existed and was read
@@ -70,8 +66,7 @@ struct Config {
 
 // Pure: the file's text -> Config (built-in defaults for absent keys,
 // origin "file" for present ones). `path` only names the file in errors.
-[[nodiscard]] Result<Config> parse_config(std::string_view text,
-                                          std::string_view path);
+[[nodiscard]] Result<Config> parse_config(std::string_view text, std::string_view path);
 
 // Reads config_path(). Absent: the built-in defaults (an error only when
 // the path came from URUNC_BOOTFS_CONFIG).
@@ -81,8 +76,7 @@ struct Config {
 [[nodiscard]] nlohmann::json config_to_json(const Config& config);
 [[nodiscard]] std::string format_config(const Config& config);
 
-[[nodiscard]] bool mount_option_allowed(const Config& config,
-                                        std::string_view name);
+[[nodiscard]] bool mount_option_allowed(const Config& config, std::string_view name);
 
 // `urunc-bootfs config [--json]`: the effective configuration. `config`
 // already carries the overrides of this invocation (env, --log-level).

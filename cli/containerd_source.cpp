@@ -9,8 +9,8 @@
 // returns containerd's GC has already removed everything it held.
 #include <spdlog/spdlog.h>
 
-#include <cstdlib>
 #include <csignal>
+#include <cstdlib>
 #include <thread>
 
 #include "commands.h"
@@ -160,7 +160,8 @@ class ContainerdSource final : public Source {
     // A devmapper view is a thin device whose node udev may create a moment
     // after View returns: wait for it, and check it before mounting (a
     // suspended device would block the mount's first read).
-    const auto device = mounts->size() == 1 ? dm::device_from_source(mounts->front().source) : std::nullopt;
+    const auto device =
+        mounts->size() == 1 ? dm::device_from_source(mounts->front().source) : std::nullopt;
     if (device) {
       auto checked = dm::inspect(*device, kDeviceNodeTimeout);
       if (!checked) return std::unexpected(std::move(checked).error().at("check device"));
@@ -204,20 +205,21 @@ class ContainerdSource final : public Source {
       auto container = client_->get_container(request.container);
       if (!container) return std::unexpected(std::move(container).error().at("locate container"));
       if (container->snapshot_key.empty())
-        return std::unexpected(make_error(ErrorKind::precondition,
-                                          "container \"" + request.container + "\" has no snapshot"));
+        return std::unexpected(make_error(
+            ErrorKind::precondition, "container \"" + request.container + "\" has no snapshot"));
       if (cd.snapshotter.empty()) cd.snapshotter = container->snapshotter;
       key = container->snapshot_key;
     }
     if (cd.snapshotter.empty())
-      return std::unexpected(make_error(ErrorKind::usage, "--snapshot and --parent need --snapshotter"));
+      return std::unexpected(
+          make_error(ErrorKind::usage, "--snapshot and --parent need --snapshotter"));
     if (!key.empty()) {
       auto info = client_->stat(cd.snapshotter, key);
       if (!info) return std::unexpected(std::move(info).error().at("stat snapshot"));
       if (info->parent.empty())
-        return std::unexpected(make_error(ErrorKind::precondition,
-                                          "snapshot \"" + key + "\" on snapshotter \"" + cd.snapshotter +
-                                              "\" has no parent image layer to view"));
+        return std::unexpected(make_error(
+            ErrorKind::precondition, "snapshot \"" + key + "\" on snapshotter \"" + cd.snapshotter +
+                                         "\" has no parent image layer to view"));
       cd.parent = info->parent;
     } else {
       cd.parent = request.parent;
@@ -225,10 +227,11 @@ class ContainerdSource final : public Source {
     auto parent = client_->stat(cd.snapshotter, cd.parent);
     if (!parent) return std::unexpected(std::move(parent).error().at("stat parent"));
     if (parent->kind != snap::Kind::committed)
-      return std::unexpected(make_error(
-          ErrorKind::precondition, "snapshot \"" + cd.parent + "\" on snapshotter \"" + cd.snapshotter +
-                                       "\" is not committed (it is " + snap::snapshot_kind_name(parent->kind) +
-                                       "); a view needs a committed parent"));
+      return std::unexpected(
+          make_error(ErrorKind::precondition, "snapshot \"" + cd.parent + "\" on snapshotter \"" +
+                                                  cd.snapshotter + "\" is not committed (it is " +
+                                                  snap::snapshot_kind_name(parent->kind) +
+                                                  "); a view needs a committed parent"));
     return {};
   }
 
@@ -251,13 +254,15 @@ class ContainerdSource final : public Source {
     }
     record.released = dm::hold_name(*verdict);
     if (*verdict == dm::Hold::held_by_us)
-      spdlog::error("devmapper view {} ({}) is still held by this process after release", record.device,
-                    record.name);
+      spdlog::error("devmapper view {} ({}) is still held by this process after release",
+                    record.device, record.name);
     else if (*verdict == dm::Hold::held_by_others)
-      spdlog::warn("devmapper view {} ({}): not held by urunc-bootfs, but still open by another opener",
-                   record.device, record.name);
+      spdlog::warn(
+          "devmapper view {} ({}): not held by urunc-bootfs, but still open by another opener",
+          record.device, record.name);
     else
-      spdlog::info("devmapper view {} ({}): released, device {}", record.device, record.name, record.released);
+      spdlog::info("devmapper view {} ({}): released, device {}", record.device, record.name,
+                   record.released);
   }
 
   std::unique_ptr<snap::Client> client_;
@@ -293,10 +298,10 @@ Result<std::unique_ptr<Source>> open_containerd_source(const ContainerdRequest& 
       state.phase = "release-failed";
       state.last_error = released.error().to_string();
       (void)save_state(state);
-      return std::unexpected(make_error(released.error().kind,
-                                        ok.error().to_string() + "; and release failed: " +
-                                            released.error().to_string() +
-                                            " (left labelled for `urunc-bootfs gc`)"));
+      return std::unexpected(make_error(
+          released.error().kind, ok.error().to_string() +
+                                     "; and release failed: " + released.error().to_string() +
+                                     " (left labelled for `urunc-bootfs gc`)"));
     }
     return std::unexpected(std::move(ok).error());
   }

@@ -32,8 +32,7 @@ class DirSource final : public Source {
 Result<std::unique_ptr<Source>> open_dir_source(const std::string& dir) {
   std::error_code ec;
   const auto canonical = std::filesystem::canonical(dir, ec);
-  if (ec)
-    return std::unexpected(errno_error(ec.value(), "source directory " + dir));
+  if (ec) return std::unexpected(errno_error(ec.value(), "source directory " + dir));
   UniqueFd fd(::open(canonical.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!fd) return std::unexpected(errno_error(errno, "source directory " + dir));
   return std::unique_ptr<Source>(new DirSource(canonical.string(), std::move(fd)));

@@ -27,7 +27,8 @@ Status collect_garbage(snap::Client& client, bool dry_run, std::vector<std::stri
     const std::string view = value(snap::kViewLabel);
     const std::string snapshotter = value(snap::kSnapshotterLabel);
     std::string line = (dry_run ? "would remove lease " : "removed lease ") + lease.id;
-    if (!view.empty()) line.append(" and view ").append(view).append(" (").append(snapshotter).append(")");
+    if (!view.empty())
+      line.append(" and view ").append(view).append(" (").append(snapshotter).append(")");
     line.append(" in namespace ").append(client.ns()).append(": owner pid ");
     line.append(std::to_string(owner->pid)).append(" is gone");
     if (!dry_run) {
@@ -54,7 +55,8 @@ int run_gc(const GcRequest& request) {
       if (process_alive(state.daemon)) continue;
       if (!request.dry_run) {
         if (auto cleaned = cleanup_dead_mount(state.mountpoint); !cleaned) {
-          report.push_back("could not clean " + state.mountpoint + ": " + cleaned.error().to_string());
+          report.push_back("could not clean " + state.mountpoint + ": " +
+                           cleaned.error().to_string());
           continue;
         }
       }
@@ -62,7 +64,8 @@ int run_gc(const GcRequest& request) {
                          " (daemon pid " + std::to_string(state.daemon.pid) + " is gone)";
       if (state.containerd && !state.containerd->lease_id.empty()) {
         const auto& cd = *state.containerd;
-        line += std::string(request.dry_run ? ": would remove lease " : ": removed lease ") + cd.lease_id;
+        line += std::string(request.dry_run ? ": would remove lease " : ": removed lease ") +
+                cd.lease_id;
         if (!cd.view_key.empty()) line += " and view " + cd.view_key + " (" + cd.snapshotter + ")";
         line += " in namespace " + cd.ns;
       }
@@ -88,7 +91,8 @@ int run_gc(const GcRequest& request) {
   int rc = 0;
   for (const auto& ns : namespaces) {
     auto scoped = (*client)->with_namespace(ns);
-    if (auto ok = collect_garbage(*scoped, request.dry_run, &report); !ok) rc = cli::report(ok.error());
+    if (auto ok = collect_garbage(*scoped, request.dry_run, &report); !ok)
+      rc = cli::report(ok.error());
   }
   for (const auto& line : report) std::printf("%s\n", line.c_str());
   if (report.empty()) std::printf("nothing to collect\n");

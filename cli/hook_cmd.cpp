@@ -28,12 +28,14 @@ Result<OciState> read_state(std::istream& in) {
   const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   auto doc = nlohmann::json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object())
-    return std::unexpected(make_error(ErrorKind::invalid, "the OCI state on stdin is not a JSON object"));
+    return std::unexpected(
+        make_error(ErrorKind::invalid, "the OCI state on stdin is not a JSON object"));
   OciState state;
   if (auto it = doc.find("id"); it != doc.end() && it->is_string()) state.id = *it;
   if (auto it = doc.find("bundle"); it != doc.end() && it->is_string()) state.bundle = *it;
   if (state.bundle.empty())
-    return std::unexpected(make_error(ErrorKind::invalid, "the OCI state on stdin has no \"bundle\""));
+    return std::unexpected(
+        make_error(ErrorKind::invalid, "the OCI state on stdin has no \"bundle\""));
   return state;
 }
 
@@ -71,8 +73,7 @@ int run_hook(const HookRequest& request) {
   mount.bundle = state->bundle;
   mount.mountpoint = mountpoint;
   const fsys::path bundle = fsys::absolute(state->bundle).lexically_normal();
-  const bool under_containerd =
-      bundle.parent_path().parent_path().filename() == kContainerdTaskDir;
+  const bool under_containerd = bundle.parent_path().parent_path().filename() == kContainerdTaskDir;
   if (request.source == "rootfs" || (request.source == "auto" && !under_containerd)) {
     mount.source_dir = bundle_rootfs(state->bundle);
   } else {

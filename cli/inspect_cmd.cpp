@@ -16,8 +16,8 @@ namespace {
 
 std::optional<nlohmann::json> live_counters(const std::string& mountpoint) {
   std::string buf(std::size_t{64} * 1024, '\0');
-  const ssize_t n = ::getxattr(mountpoint.c_str(), std::string(kStatusXattr).c_str(),
-                               buf.data(), buf.size());
+  const ssize_t n =
+      ::getxattr(mountpoint.c_str(), std::string(kStatusXattr).c_str(), buf.data(), buf.size());
   if (n < 0) return std::nullopt;
   buf.resize(static_cast<std::size_t>(n));
   auto doc = nlohmann::json::parse(buf, nullptr, false);
@@ -39,7 +39,8 @@ std::string human_size(std::int64_t bytes) {
 // The device of a devmapper view as the kernel sees it now (when it was
 // checked at mount and device-mapper can be asked here).
 std::optional<snapshot::devmapper::Info> live_devmapper(const MountState& state) {
-  if (!state.containerd || !state.containerd->devmapper || state.containerd->devmapper->check != "ok")
+  if (!state.containerd || !state.containerd->devmapper ||
+      state.containerd->devmapper->check != "ok")
     return std::nullopt;
   const auto& d = *state.containerd->devmapper;
   auto info = snapshot::devmapper::info({{}, d.major, d.minor});
@@ -65,8 +66,8 @@ void print_devmapper(const MountState& state) {
   const auto& d = *state.containerd->devmapper;
   std::printf("devmapper:   %s: %s\n", d.device.c_str(), d.check.c_str());
   if (d.check != "ok") return;
-  std::printf("  device:    %s (uuid %s), %u:%u\n", d.name.c_str(), d.uuid.empty() ? "-" : d.uuid.c_str(),
-              d.major, d.minor);
+  std::printf("  device:    %s (uuid %s), %u:%u\n", d.name.c_str(),
+              d.uuid.empty() ? "-" : d.uuid.c_str(), d.major, d.minor);
   std::printf("  state:     %s, %s, open count %d at mount\n", d.live_table ? "active" : "inactive",
               d.suspended ? "suspended" : "not suspended", d.open_count);
   if (auto live = live_devmapper(state))
@@ -117,7 +118,8 @@ void print_human(const MountState& state) {
                 static_cast<unsigned long long>((*counters).value("bytes", 0ULL)));
     std::string errors;
     for (const auto& [name, count] : (*counters)["errors"].items())
-      errors += (errors.empty() ? "" : ", ") + name + "=" + std::to_string(count.get<std::uint64_t>());
+      errors +=
+          (errors.empty() ? "" : ", ") + name + "=" + std::to_string(count.get<std::uint64_t>());
     std::printf("errors:      %s\n", errors.empty() ? "none" : errors.c_str());
   }
 }
@@ -151,8 +153,8 @@ int run_list(bool json) {
   for (const auto& s : *states) {
     std::string source = s.source_kind == "dir" ? s.source_dir : std::string("containerd");
     if (s.containerd)
-      source = s.containerd->ns + "/" + (s.containerd->container.empty() ? s.containerd->parent
-                                                                          : s.containerd->container);
+      source = s.containerd->ns + "/" +
+               (s.containerd->container.empty() ? s.containerd->parent : s.containerd->container);
     std::printf("%-40s %-8d %-8s %-14s %s\n", s.mountpoint.c_str(), s.daemon.pid,
                 process_alive(s.daemon) ? "yes" : "no", s.phase.c_str(), source.c_str());
   }

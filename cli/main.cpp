@@ -5,12 +5,12 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 #include "commands.h"
 #include "config.h"
 #include "gc.h"
 #include "mount_helper.h"
-#include <filesystem>
 
 #ifndef URUNC_BOOTFS_VERSION
 #define URUNC_BOOTFS_VERSION "0.0.0"
@@ -31,7 +31,9 @@ Defaults: /etc/urunc-bootfs/config.json (or $URUNC_BOOTFS_CONFIG), see
 
 // Options left unset on the command line (and by their environment
 // variable) take the config file's value.
-bool unset(CLI::App* cmd, const std::string& name) { return cmd->get_option(name)->count() == 0; }
+bool unset(CLI::App* cmd, const std::string& name) {
+  return cmd->get_option(name)->count() == 0;
+}
 
 void apply_config(CLI::App* cmd, cli::ContainerdRequest& cd, const cli::Config& config) {
   if (unset(cmd, "--address")) cd.address = config.address;
@@ -42,7 +44,8 @@ void add_containerd_flags(CLI::App* cmd, cli::ContainerdRequest& cd) {
   cmd->add_option("--address", cd.address, "containerd socket")
       ->envname("CONTAINERD_ADDRESS")
       ->default_str(kDefaultAddress);
-  cmd->add_option("--namespace,-n", cd.ns, "containerd namespace (default: from the bundle path, else \"default\")")
+  cmd->add_option("--namespace,-n", cd.ns,
+                  "containerd namespace (default: from the bundle path, else \"default\")")
       ->envname("CONTAINERD_NAMESPACE");
   cmd->add_option("--timeout", cd.timeout_ms, "deadline of each containerd call, in ms")
       ->default_val(10000)
@@ -70,10 +73,11 @@ int run(int argc, char** argv) {
   // Called by mount(8) as /sbin/mount.fuse.urunc-bootfs.
   if (argc > 0 && cli::is_helper_name(argv[0])) return cli::run_helper(argc, argv);
 
-  CLI::App app{"urunc-bootfs: serve a container's boot artifacts (kernel, initrd, urunc.json)\n"
-               "read-only over FUSE, from a containerd view snapshot or a directory,\n"
-               "so the runtime never copies them.",
-               "urunc-bootfs"};
+  CLI::App app{
+      "urunc-bootfs: serve a container's boot artifacts (kernel, initrd, urunc.json)\n"
+      "read-only over FUSE, from a containerd view snapshot or a directory,\n"
+      "so the runtime never copies them.",
+      "urunc-bootfs"};
   app.footer(kFooter);
   app.set_version_flag("--version", std::string("urunc-bootfs ") + URUNC_BOOTFS_VERSION);
   app.require_subcommand(1);
@@ -89,27 +93,33 @@ int run(int argc, char** argv) {
       "Mount the boot artifacts of a container (containerd) or a directory at MOUNTPOINT\n"
       "(default <bundle>/boot). Returns once the filesystem answers; the daemon serves\n"
       "in the background until `urunc-bootfs umount`.");
-  mount_cmd->add_option("mountpoint", mount.mountpoint, "where to mount (default: <bundle>/boot, created)");
-  mount_cmd->add_option("--bundle,-b", mount.bundle,
-                        "OCI bundle: its config.json annotations name the artifacts; under containerd\n"
-                        "its path (.../<namespace>/<id>) names the container");
+  mount_cmd->add_option("mountpoint", mount.mountpoint,
+                        "where to mount (default: <bundle>/boot, created)");
+  mount_cmd->add_option(
+      "--bundle,-b", mount.bundle,
+      "OCI bundle: its config.json annotations name the artifacts; under containerd\n"
+      "its path (.../<namespace>/<id>) names the container");
   mount_cmd->add_option("--source-dir", mount.source_dir,
                         "serve from this already-mounted rootfs instead of containerd");
   mount_cmd->add_option("--container,-c", cd.container, "containerd container id");
   mount_cmd->add_option("--snapshot", cd.snapshot, "an active snapshot key (with --snapshotter)");
-  mount_cmd->add_option("--parent", cd.parent, "a committed snapshot key to view (with --snapshotter)");
+  mount_cmd->add_option("--parent", cd.parent,
+                        "a committed snapshot key to view (with --snapshotter)");
   mount_cmd->add_option("--snapshotter", cd.snapshotter, "snapshotter of --snapshot/--parent");
   add_containerd_flags(mount_cmd, cd);
-  mount_cmd->add_option("--kernel", mount.kernel, "kernel path inside the image (overrides annotations)");
+  mount_cmd->add_option("--kernel", mount.kernel,
+                        "kernel path inside the image (overrides annotations)");
   mount_cmd->add_option("--initrd", mount.initrd, "initrd path inside the image (with --kernel)");
-  mount_cmd->add_flag("--foreground,-f", mount.foreground, "serve in the foreground, log to stderr");
+  mount_cmd->add_flag("--foreground,-f", mount.foreground,
+                      "serve in the foreground, log to stderr");
   mount_cmd->add_flag("--debug", mount.debug, "log every FUSE request (implies --foreground)");
   mount_cmd->add_option("--threads", mount.threads, "maximum FUSE worker threads")
       ->default_val(4)
       ->check(CLI::Range(1, 64));
-  mount_cmd->add_option("--passthrough", mount.passthrough,
-                        "kernel FUSE passthrough for reads: auto (use it where the kernel accepts it),\n"
-                        "on (fail if it cannot be used), off (splice reads with keep_cache)")
+  mount_cmd
+      ->add_option("--passthrough", mount.passthrough,
+                   "kernel FUSE passthrough for reads: auto (use it where the kernel accepts it),\n"
+                   "on (fail if it cannot be used), off (splice reads with keep_cache)")
       ->default_val("auto")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   mount_cmd->footer(kFooter);
@@ -220,12 +230,14 @@ int run(int argc, char** argv) {
       if (mount.debug) mount.foreground = true;
       const bool containerd = !cd.container.empty() || !cd.snapshot.empty() || !cd.parent.empty();
       if (!mount.source_dir.empty() && containerd)
-        return cli::report(ub::make_error(ub::ErrorKind::usage,
-                                          "--source-dir cannot be combined with --container/--snapshot/--parent"));
+        return cli::report(
+            ub::make_error(ub::ErrorKind::usage,
+                           "--source-dir cannot be combined with --container/--snapshot/--parent"));
       if (mount.source_dir.empty()) {
         if (!containerd && mount.bundle.empty())
-          return cli::report(ub::make_error(
-              ub::ErrorKind::usage, "give --source-dir, --container, --snapshot, --parent or --bundle"));
+          return cli::report(
+              ub::make_error(ub::ErrorKind::usage,
+                             "give --source-dir, --container, --snapshot, --parent or --bundle"));
         if (cd.address.empty()) cd.address = kDefaultAddress;
         // Under containerd the bundle is .../<namespace>/<container id>.
         if (!mount.bundle.empty()) {

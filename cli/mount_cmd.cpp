@@ -83,16 +83,18 @@ Status check_mountpoint(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0)
     return std::unexpected(errno_error(errno, "mountpoint " + path));
   if (!S_ISDIR(st.st_mode))
-    return std::unexpected(make_error(ErrorKind::invalid, "mountpoint " + path + " is not a directory", ENOTDIR));
+    return std::unexpected(
+        make_error(ErrorKind::invalid, "mountpoint " + path + " is not a directory", ENOTDIR));
   if (is_mount_root(path))
-    return std::unexpected(make_error(ErrorKind::busy, "mountpoint " + path + " is already a mount point", EBUSY));
+    return std::unexpected(
+        make_error(ErrorKind::busy, "mountpoint " + path + " is already a mount point", EBUSY));
   return {};
 }
 
 void use_syslog() {
   auto logger = std::make_shared<spdlog::logger>(
-      "urunc-bootfs", std::make_shared<spdlog::sinks::syslog_sink_mt>(
-                          "urunc-bootfs", LOG_PID, LOG_DAEMON, false));
+      "urunc-bootfs",
+      std::make_shared<spdlog::sinks::syslog_sink_mt>("urunc-bootfs", LOG_PID, LOG_DAEMON, false));
   spdlog::set_default_logger(logger);
 }
 
@@ -199,7 +201,8 @@ Status serve(const MountRequest& request, ReadyChannel& channel) {
   auto server = FuseServer::mount(**fs, options);
   if (!server) return fail(std::move(server).error().at("mount"));
   // Setup is over: keep only what serving and release need.
-  if (auto dropped = drop_privileges(); !dropped) return fail(std::move(dropped).error().at("harden"));
+  if (auto dropped = drop_privileges(); !dropped)
+    return fail(std::move(dropped).error().at("harden"));
   spdlog::info("serving {} artifact(s) from {} at {}", state.artifacts.size(),
                state.source_kind == "dir" ? state.source_dir : state.containerd->view_key,
                request.mountpoint);
@@ -237,9 +240,9 @@ int await_daemon(pid_t child, UniqueFd read_end, const std::string& mountpoint) 
       ::kill(child, SIGKILL);
       ::waitpid(child, nullptr, 0);
       (void)cleanup_dead_mount(mountpoint);
-      return report(make_error(ErrorKind::unavailable,
-                               "the daemon did not become ready in " +
-                                   std::to_string(kReadyTimeout.count()) + "s"));
+      return report(make_error(
+          ErrorKind::unavailable,
+          "the daemon did not become ready in " + std::to_string(kReadyTimeout.count()) + "s"));
     }
     char buf[512];
     const ssize_t n = ::read(read_end.get(), buf, sizeof buf);
@@ -268,11 +271,11 @@ int await_daemon(pid_t child, UniqueFd read_end, const std::string& mountpoint) 
   int status = 0;
   ::waitpid(child, &status, 0);
   (void)cleanup_dead_mount(mountpoint);
-  return report(make_error(ErrorKind::internal,
-                           WIFSIGNALED(status)
-                               ? "the daemon was killed by signal " + std::to_string(WTERMSIG(status)) +
-                                     " before it was ready"
-                               : "the daemon exited before it was ready"));
+  return report(make_error(ErrorKind::internal, WIFSIGNALED(status)
+                                                    ? "the daemon was killed by signal " +
+                                                          std::to_string(WTERMSIG(status)) +
+                                                          " before it was ready"
+                                                    : "the daemon exited before it was ready"));
 }
 
 int mount_at(MountRequest request);
@@ -290,9 +293,11 @@ int run_mount(MountRequest request) {
     std::error_code ec;
     created = fsys::create_directory(request.mountpoint, ec);
     if (ec)
-      return report(make_error(ErrorKind::permission, "cannot create " + request.mountpoint + ": " + ec.message()));
+      return report(make_error(ErrorKind::permission,
+                               "cannot create " + request.mountpoint + ": " + ec.message()));
   }
-  const std::string created_dir = created ? normalize_mountpoint(request.mountpoint) : std::string();
+  const std::string created_dir =
+      created ? normalize_mountpoint(request.mountpoint) : std::string();
   const int rc = mount_at(std::move(request));
   if (rc != 0 && !created_dir.empty()) ::rmdir(created_dir.c_str());
   return rc;
@@ -302,25 +307,29 @@ namespace {
 
 int mount_at(MountRequest request) {
   request.mountpoint = normalize_mountpoint(request.mountpoint);
-  if (!request.bundle.empty()) request.bundle = fsys::absolute(request.bundle).lexically_normal().string();
+  if (!request.bundle.empty())
+    request.bundle = fsys::absolute(request.bundle).lexically_normal().string();
   if (!request.source_dir.empty()) {
     request.source_dir = fsys::absolute(request.source_dir).lexically_normal().string();
     struct stat st {};
     if (::stat(request.source_dir.c_str(), &st) != 0)
       return report(errno_error(errno, "source directory " + request.source_dir));
     if (!S_ISDIR(st.st_mode))
-      return report(make_error(ErrorKind::invalid, "source directory " + request.source_dir + " is not a directory"));
+      return report(make_error(ErrorKind::invalid,
+                               "source directory " + request.source_dir + " is not a directory"));
   }
   // A dead daemon's record for this mountpoint: finish its release first
   // (its FUSE mount answers stat() with ENOTCONN, so before the check).
   const auto existing = load_state(request.mountpoint);
   const bool serving = existing && *existing && process_alive((*existing)->daemon);
   if (existing && *existing && !serving) {
-    if (auto cleaned = cleanup_dead_mount(request.mountpoint); !cleaned) return report(cleaned.error());
+    if (auto cleaned = cleanup_dead_mount(request.mountpoint); !cleaned)
+      return report(cleaned.error());
   }
   if (auto ok = check_mountpoint(request.mountpoint); !ok) return report(ok.error());
   if (serving)
-    return report(make_error(ErrorKind::busy, "mountpoint " + request.mountpoint + " is served by pid " +
+    return report(make_error(ErrorKind::busy, "mountpoint " + request.mountpoint +
+                                                  " is served by pid " +
                                                   std::to_string((*existing)->daemon.pid)));
 
   if (request.foreground) {

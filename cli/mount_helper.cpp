@@ -24,14 +24,10 @@ constexpr std::string_view kMountHelper = "mount.fuse.urunc-bootfs";
 // mount(8) itself adds "rw" when no ro is given: the mount is read-only
 // whatever it says.
 constexpr std::array kIgnoredOptions = {
-    "ro"sv,         "rw"sv,          "nosuid"sv,
-    "nodev"sv,      "exec"sv,        "defaults"sv,
-    "auto"sv,       "noauto"sv,      "nofail"sv,
-    "_netdev"sv,    "user"sv,        "nouser"sv,
-    "users"sv,      "group"sv,       "owner"sv,
-    "atime"sv,      "noatime"sv,     "relatime"sv,
-    "norelatime"sv, "strictatime"sv, "nostrictatime"sv,
-    "diratime"sv,   "nodiratime"sv,  "lazytime"sv,
+    "ro"sv,         "rw"sv,          "nosuid"sv,        "nodev"sv,    "exec"sv,       "defaults"sv,
+    "auto"sv,       "noauto"sv,      "nofail"sv,        "_netdev"sv,  "user"sv,       "nouser"sv,
+    "users"sv,      "group"sv,       "owner"sv,         "atime"sv,    "noatime"sv,    "relatime"sv,
+    "norelatime"sv, "strictatime"sv, "nostrictatime"sv, "diratime"sv, "nodiratime"sv, "lazytime"sv,
     "nolazytime"sv, "silent"sv,      "loud"sv,
 };
 // Options that would weaken what urunc-bootfs guarantees, or that it sets.
@@ -65,16 +61,14 @@ std::vector<std::string_view> split(std::string_view text, char sep) {
 
 std::optional<long long> to_integer(std::string_view text) {
   long long n = 0;
-  const auto [end, ec] =
-      std::from_chars(text.data(), text.data() + text.size(), n);
-  if (ec != std::errc() || end != text.data() + text.size() || text.empty())
-    return std::nullopt;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
   return n;
 }
 
 // Strips "TYPE:" or "TYPE=" from spec when it starts with one of `types`.
-std::optional<std::string_view> strip_type(
-    std::string_view spec, std::initializer_list<std::string_view> types) {
+std::optional<std::string_view> strip_type(std::string_view spec,
+                                           std::initializer_list<std::string_view> types) {
   for (const auto type : types) {
     if (spec.size() > type.size() && spec.starts_with(type) &&
         (spec[type.size()] == ':' || spec[type.size()] == '='))
@@ -90,8 +84,7 @@ std::string shell_quote(const std::string& word) {
   });
   if (plain) return word;
   std::string out = "'";
-  for (const char c : word)
-    out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  for (const char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return out + "'";
 }
 
@@ -126,10 +119,9 @@ Result<SourceSpec> parse_source_spec(std::string_view spec) {
     if (slash != std::string_view::npos) {
       out.ns = std::string(v->substr(0, slash));
       out.value = std::string(v->substr(slash + 1));
-      if (out.ns.empty() || out.value.empty() ||
-          out.value.find('/') != std::string::npos)
-        return std::unexpected(usage("source \"" + std::string(spec) +
-                                     "\": want containerd:[NAMESPACE/]ID"));
+      if (out.ns.empty() || out.value.empty() || out.value.find('/') != std::string::npos)
+        return std::unexpected(
+            usage("source \"" + std::string(spec) + "\": want containerd:[NAMESPACE/]ID"));
     } else {
       out.value = std::string(*v);
     }
@@ -150,29 +142,25 @@ Result<SourceSpec> parse_source_spec(std::string_view spec) {
     out.value = std::string(*v);
     return out;
   }
-  return std::unexpected(
-      usage("source \"" + std::string(spec) +
-            "\" is none of /PATH, dir:/PATH, containerd:[NS/]ID, container=ID, "
-            "snapshot:KEY, parent:KEY, "
-            "bundle:/PATH"));
+  return std::unexpected(usage("source \"" + std::string(spec) +
+                               "\" is none of /PATH, dir:/PATH, containerd:[NS/]ID, container=ID, "
+                               "snapshot:KEY, parent:KEY, "
+                               "bundle:/PATH"));
 }
 
 Config with_environment(Config config) {
-  if (const char* env = std::getenv("CONTAINERD_ADDRESS");
-      env != nullptr && *env != '\0') {
+  if (const char* env = std::getenv("CONTAINERD_ADDRESS"); env != nullptr && *env != '\0') {
     config.address = env;
     config.origin["address"] = "env CONTAINERD_ADDRESS";
   }
-  if (const char* env = std::getenv("CONTAINERD_NAMESPACE");
-      env != nullptr && *env != '\0') {
+  if (const char* env = std::getenv("CONTAINERD_NAMESPACE"); env != nullptr && *env != '\0') {
     config.ns = env;
     config.origin["namespace"] = "env CONTAINERD_NAMESPACE";
   }
   return config;
 }
 
-Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
-                                       const Config& config) {
+Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args, const Config& config) {
   std::vector<std::string> positional;
   std::vector<std::string> option_lists;
   bool sloppy = false;
@@ -180,17 +168,13 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "-o" || arg == "-t" || arg == "-N") {
-      if (i + 1 >= args.size())
-        return std::unexpected(usage(arg + " needs a value"));
+      if (i + 1 >= args.size()) return std::unexpected(usage(arg + " needs a value"));
       const std::string& value = args[++i];
       if (arg == "-o") option_lists.push_back(value);
-      if (arg == "-t" && value != "fuse.urunc-bootfs" &&
-          value != "urunc-bootfs")
-        return std::unexpected(
-            usage("type \"" + value + "\" is not fuse.urunc-bootfs"));
+      if (arg == "-t" && value != "fuse.urunc-bootfs" && value != "urunc-bootfs")
+        return std::unexpected(usage("type \"" + value + "\" is not fuse.urunc-bootfs"));
       if (arg == "-N")
-        return std::unexpected(
-            usage("-N (another mount namespace) is not supported"));
+        return std::unexpected(usage("-N (another mount namespace) is not supported"));
       continue;
     }
     if (arg.starts_with("-o") && arg.size() > 2) {
@@ -213,8 +197,7 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
           case 'r':  // read-only: always
             break;
           case 'w':
-            return std::unexpected(
-                usage("-w: urunc-bootfs mounts are read-only"));
+            return std::unexpected(usage("-w: urunc-bootfs mounts are read-only"));
           default:
             return std::unexpected(usage(std::string("unknown flag -") + flag));
         }
@@ -235,34 +218,32 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
       if (option.empty()) continue;
       const auto eq = option.find('=');
       const std::string name(option.substr(0, eq));
-      const std::string value = eq == std::string_view::npos
-                                    ? std::string()
-                                    : std::string(option.substr(eq + 1));
+      const std::string value =
+          eq == std::string_view::npos ? std::string() : std::string(option.substr(eq + 1));
       if (contains(kHelperOptions, name)) {
         if (eq == std::string_view::npos || value.empty())
-          return std::unexpected(usage(std::string("mount option ").append(name).append(
-              " needs a value (").append(name).append("=...)")));
+          return std::unexpected(usage(std::string("mount option ")
+                                           .append(name)
+                                           .append(" needs a value (")
+                                           .append(name)
+                                           .append("=...)")));
         if (!mount_option_allowed(config, name))
-          return std::unexpected(
-              make_error(ErrorKind::permission,
-                         "mount option " + name + "= is not allowed by " +
-                             config.path + " (allowed_mount_options)",
-                         EPERM));
+          return std::unexpected(make_error(ErrorKind::permission,
+                                            "mount option " + name + "= is not allowed by " +
+                                                config.path + " (allowed_mount_options)",
+                                            EPERM));
         values[name] = value;
         continue;
       }
       if (name.starts_with("x-") || name == "comment") continue;
-      if (eq == std::string_view::npos && contains(kIgnoredOptions, name))
-        continue;
+      if (eq == std::string_view::npos && contains(kIgnoredOptions, name)) continue;
       if (contains(kRefusedOptions, name))
-        return std::unexpected(
-            usage("mount option " + name +
-                  " is not supported: urunc-bootfs mounts are "
-                  "always ro,nosuid,nodev, with their own fsname and subtype"));
+        return std::unexpected(usage("mount option " + name +
+                                     " is not supported: urunc-bootfs mounts are "
+                                     "always ro,nosuid,nodev, with their own fsname and subtype"));
       if (sloppy) continue;
-      return std::unexpected(usage("unknown mount option \"" +
-                                   std::string(option) +
-                                   "\" (see urunc-bootfs(8))"));
+      return std::unexpected(
+          usage("unknown mount option \"" + std::string(option) + "\" (see urunc-bootfs(8))"));
     }
   }
   auto value_of = [&](const char* name) -> std::optional<std::string> {
@@ -276,8 +257,7 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
   auto spec = parse_source_spec(positional[0]);
   if (!spec) return std::unexpected(std::move(spec).error());
   if (spec->value.empty())
-    return std::unexpected(
-        usage("source \"" + positional[0] + "\" names nothing"));
+    return std::unexpected(usage("source \"" + positional[0] + "\" names nothing"));
 
   if (auto v = value_of("kernel")) request.kernel = *v;
   if (auto v = value_of("initrd")) request.initrd = *v;
@@ -286,22 +266,20 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
   out.log_level = config.log_level;
   if (auto v = value_of("log_level")) {
     if (!contains(kLogLevels, *v))
-      return std::unexpected(usage(
-          "log_level=" + *v + ": want trace, debug, info, warn, error or off"));
+      return std::unexpected(
+          usage("log_level=" + *v + ": want trace, debug, info, warn, error or off"));
     out.log_level = *v;
   }
   request.threads = config.threads;
   if (auto v = value_of("threads")) {
     const auto n = to_integer(*v);
-    if (!n || *n < 1 || *n > 64)
-      return std::unexpected(usage("threads=" + *v + ": want 1 to 64"));
+    if (!n || *n < 1 || *n > 64) return std::unexpected(usage("threads=" + *v + ": want 1 to 64"));
     request.threads = static_cast<unsigned>(*n);
   }
   request.passthrough = config.passthrough;
   if (auto v = value_of("passthrough")) {
     if (!contains(kPassthroughModes, *v))
-      return std::unexpected(
-          usage("passthrough=" + *v + ": want auto, on or off"));
+      return std::unexpected(usage("passthrough=" + *v + ": want auto, on or off"));
     request.passthrough = *v;
   }
 
@@ -322,16 +300,15 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
   if (auto v = value_of("timeout")) {
     const auto n = to_integer(*v);
     if (!n || *n < 100 || *n > 600000)
-      return std::unexpected(
-          usage("timeout=" + *v + ": want 100 to 600000 (ms)"));
+      return std::unexpected(usage("timeout=" + *v + ": want 100 to 600000 (ms)"));
     cd.timeout_ms = static_cast<int>(*n);
   }
   cd.snapshotter = value_of("snapshotter").value_or("");
   cd.ns = value_of("namespace").value_or("");
   if (!spec->ns.empty()) {
     if (!cd.ns.empty() && cd.ns != spec->ns)
-      return std::unexpected(usage("source names namespace \"" + spec->ns +
-                                   "\" but namespace=" + cd.ns));
+      return std::unexpected(
+          usage("source names namespace \"" + spec->ns + "\" but namespace=" + cd.ns));
     cd.ns = spec->ns;
   }
   switch (spec->kind) {
@@ -347,12 +324,10 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
     case SourceSpec::Kind::bundle: {
       if (value_of("bundle") && *value_of("bundle") != spec->value)
         return std::unexpected(usage("source bundle:" + spec->value +
-                                     " and bundle=" + *value_of("bundle") +
-                                     " differ"));
+                                     " and bundle=" + *value_of("bundle") + " differ"));
       request.bundle = spec->value;
       // Under containerd a bundle is .../<namespace>/<container id>.
-      const auto bundle =
-          std::filesystem::absolute(spec->value).lexically_normal();
+      const auto bundle = std::filesystem::absolute(spec->value).lexically_normal();
       const auto path = bundle.has_filename() ? bundle : bundle.parent_path();
       cd.container = path.filename().string();
       if (cd.ns.empty()) cd.ns = path.parent_path().filename().string();
@@ -361,11 +336,9 @@ Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
     case SourceSpec::Kind::dir:
       break;
   }
-  if ((spec->kind == SourceSpec::Kind::snapshot ||
-       spec->kind == SourceSpec::Kind::parent) &&
+  if ((spec->kind == SourceSpec::Kind::snapshot || spec->kind == SourceSpec::Kind::parent) &&
       cd.snapshotter.empty())
-    return std::unexpected(
-        usage("source " + positional[0] + " needs -o snapshotter=NAME"));
+    return std::unexpected(usage("source " + positional[0] + " needs -o snapshotter=NAME"));
   if (cd.ns.empty()) cd.ns = config.ns.empty() ? "default" : config.ns;
   request.containerd = cd;
   return out;
@@ -402,8 +375,7 @@ std::string equivalent_command(const MountRequest& request) {
 
 bool is_helper_name(std::string_view argv0) {
   const auto slash = argv0.rfind('/');
-  const std::string_view name =
-      slash == std::string_view::npos ? argv0 : argv0.substr(slash + 1);
+  const std::string_view name = slash == std::string_view::npos ? argv0 : argv0.substr(slash + 1);
   return name == kMountHelper;
 }
 
@@ -418,8 +390,7 @@ int run_helper(int argc, char** argv) {
     auto helper = parse_mount_helper(args_of(argc, argv), effective);
     setup_logging(helper ? helper->log_level : effective.log_level);
     if (!helper) return report(helper.error());
-    if (helper->verbose)
-      std::fprintf(stderr, "%s\n", equivalent_command(helper->request).c_str());
+    if (helper->verbose) std::fprintf(stderr, "%s\n", equivalent_command(helper->request).c_str());
     if (helper->fake) return 0;
     return run_mount(std::move(helper->request));
   } catch (const std::exception& e) {

@@ -61,8 +61,8 @@ struct HelperMount {
 // Pure: the helper's arguments (without argv[0]) and the effective config
 // -> the mount to do. Environment overrides (CONTAINERD_ADDRESS,
 // CONTAINERD_NAMESPACE) are already in `config`.
-[[nodiscard]] Result<HelperMount> parse_mount_helper(
-    const std::vector<std::string>& args, const Config& config);
+[[nodiscard]] Result<HelperMount> parse_mount_helper(const std::vector<std::string>& args,
+                                                     const Config& config);
 
 // The `urunc-bootfs mount ...` command line a request amounts to (-v).
 [[nodiscard]] std::string equivalent_command(const MountRequest& request);

@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -42,13 +42,16 @@ fsys::path state_path(const std::string& mountpoint) {
 nlohmann::json to_json(const MountState& s) {
   nlohmann::json artifacts = nlohmann::json::array();
   for (const auto& a : s.artifacts)
-    artifacts.push_back({{"path", a.path}, {"role", a.role}, {"resolved", a.resolved},
-                         {"size", a.size}, {"mode", a.mode}});
+    artifacts.push_back({{"path", a.path},
+                         {"role", a.role},
+                         {"resolved", a.resolved},
+                         {"size", a.size},
+                         {"mode", a.mode}});
   nlohmann::json doc = {
       {"version", 1},
       {"mountpoint", s.mountpoint},
-      {"daemon", {{"boot_id", s.daemon.boot_id}, {"pid", s.daemon.pid},
-                  {"start_time", s.daemon.start_time}}},
+      {"daemon",
+       {{"boot_id", s.daemon.boot_id}, {"pid", s.daemon.pid}, {"start_time", s.daemon.start_time}}},
       {"source", s.source_kind},
       {"origin", s.origin},
       {"artifacts", artifacts},
@@ -59,17 +62,23 @@ nlohmann::json to_json(const MountState& s) {
   if (!s.last_error.empty()) doc["last_error"] = s.last_error;
   if (s.containerd) {
     const auto& c = *s.containerd;
-    doc["containerd"] = {{"address", c.address}, {"namespace", c.ns},
+    doc["containerd"] = {{"address", c.address},     {"namespace", c.ns},
                          {"container", c.container}, {"snapshotter", c.snapshotter},
-                         {"parent", c.parent}, {"view", c.view_key},
-                         {"lease", c.lease_id}, {"view_mounts", c.view_mounts}};
+                         {"parent", c.parent},       {"view", c.view_key},
+                         {"lease", c.lease_id},      {"view_mounts", c.view_mounts}};
     if (c.devmapper) {
       const auto& d = *c.devmapper;
-      doc["containerd"]["devmapper"] = {
-          {"device", d.device}, {"check", d.check}, {"name", d.name}, {"uuid", d.uuid},
-          {"major", d.major}, {"minor", d.minor}, {"open_count", d.open_count},
-          {"live_table", d.live_table}, {"suspended", d.suspended}, {"table", d.table},
-          {"released", d.released}};
+      doc["containerd"]["devmapper"] = {{"device", d.device},
+                                        {"check", d.check},
+                                        {"name", d.name},
+                                        {"uuid", d.uuid},
+                                        {"major", d.major},
+                                        {"minor", d.minor},
+                                        {"open_count", d.open_count},
+                                        {"live_table", d.live_table},
+                                        {"suspended", d.suspended},
+                                        {"table", d.table},
+                                        {"released", d.released}};
     }
   }
   return doc;
@@ -93,10 +102,11 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
                              a.value("size", std::int64_t{0}), a.value("mode", 0u)});
     if (doc.contains("containerd")) {
       const auto& c = doc.at("containerd");
-      s.containerd = ContainerdState{c.at("address"), c.at("namespace"), c.at("container"),
-                                     c.at("snapshotter"), c.value("parent", ""),
-                                     c.value("view", ""), c.value("lease", ""),
-                                     c.value("view_mounts", std::vector<std::string>{})};
+      s.containerd = ContainerdState{
+          c.at("address"),       c.at("namespace"),
+          c.at("container"),     c.at("snapshotter"),
+          c.value("parent", ""), c.value("view", ""),
+          c.value("lease", ""),  c.value("view_mounts", std::vector<std::string>{})};
       if (c.contains("devmapper")) {
         const auto& j = c.at("devmapper");
         DevmapperState dm;
@@ -116,7 +126,8 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
     }
     return s;
   } catch (const nlohmann::json::exception& e) {
-    return std::unexpected(make_error(ErrorKind::invalid, std::string("bad state file: ") + e.what()));
+    return std::unexpected(
+        make_error(ErrorKind::invalid, std::string("bad state file: ") + e.what()));
   }
 }
 
@@ -125,8 +136,9 @@ Status save_state(const MountState& state) {
   std::error_code ec;
   fsys::create_directories(path.parent_path(), ec);
   if (ec)
-    return std::unexpected(make_error(ErrorKind::permission,
-                                      "cannot create " + path.parent_path().string() + ": " + ec.message()));
+    return std::unexpected(
+        make_error(ErrorKind::permission,
+                   "cannot create " + path.parent_path().string() + ": " + ec.message()));
   const fsys::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
   const std::string text = to_json(state).dump(2) + "\n";
   {

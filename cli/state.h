@@ -10,11 +10,10 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "urunc_bootfs/error.h"
 #include "urunc_bootfs/process.h"
@@ -50,9 +49,9 @@ struct ContainerdState {
   std::string ns;
   std::string container;
   std::string snapshotter;
-  std::string parent;    // the committed snapshot the view is made from
-  std::string view_key;  // empty until the view exists
-  std::string lease_id;  // empty until the lease exists
+  std::string parent;                    // the committed snapshot the view is made from
+  std::string view_key;                  // empty until the view exists
+  std::string lease_id;                  // empty until the lease exists
   std::vector<std::string> view_mounts;  // "type source options", for status
   std::optional<DevmapperState> devmapper = std::nullopt;  // a devmapper view's device
 };

@@ -1,10 +1,10 @@
 // `urunc-bootfs umount`: unmount, wait for the daemon to release everything
 // and exit, and report what it could not release. A mountpoint whose daemon
 // died is cleaned here instead ("Transport endpoint is not connected").
-#include <csignal>
 #include <sys/mount.h>
 
 #include <chrono>
+#include <csignal>
 
 #include "commands.h"
 #include "mount_table.h"
@@ -52,18 +52,22 @@ int run_umount(const UmountRequest& request) {
     // after this unmount, and the daemon would never hear of it: refuse,
     // unless told to end the mount wherever it is still bound (--lazy).
     if (const auto others = other_mounts_of(mountpoint); !others.empty() && !request.lazy)
-      return report(make_error(ErrorKind::busy, mountpoint + " is still bound at " + others.front() +
-                                                    (others.size() > 1 ? " (and " + std::to_string(others.size() - 1) +
-                                                                             " more)" : std::string()) +
-                                                    "; unmount the binds first or use --lazy", EBUSY));
+      return report(make_error(
+          ErrorKind::busy,
+          mountpoint + " is still bound at " + others.front() +
+              (others.size() > 1 ? " (and " + std::to_string(others.size() - 1) + " more)"
+                                 : std::string()) +
+              "; unmount the binds first or use --lazy",
+          EBUSY));
     const int flags = request.lazy ? MNT_DETACH : 0;
     if (::umount2(mountpoint.c_str(), flags) != 0) {
       if (errno == EBUSY)
-        return report(make_error(ErrorKind::busy, mountpoint +
+        return report(make_error(ErrorKind::busy,
+                                 mountpoint +
                                      " is busy (files are open or something is mounted on it); "
-                                     "close them or use --lazy", EBUSY));
-      if (errno != EINVAL)
-        return report(errno_error(errno, "cannot unmount " + mountpoint));
+                                     "close them or use --lazy",
+                                 EBUSY));
+      if (errno != EINVAL) return report(errno_error(errno, "cannot unmount " + mountpoint));
       // Not mounted (yet, or any more): ask the daemon to finish instead.
       ::kill(daemon.pid, SIGTERM);
     }
@@ -74,20 +78,22 @@ int run_umount(const UmountRequest& request) {
     // unreachable: it retries with backoff) is left to finish and record
     // the outcome; a SIGTERM would only cut its release short.
     constexpr auto kGrace = std::chrono::milliseconds(2000);
-    if (!wait_process_exit(daemon, std::min(kGrace, std::chrono::milliseconds(request.timeout_ms)))) {
+    if (!wait_process_exit(daemon,
+                           std::min(kGrace, std::chrono::milliseconds(request.timeout_ms)))) {
       auto now = load_state(mountpoint);
-      const bool releasing = now && *now && ((*now)->phase == "releasing" || (*now)->phase == "release-failed");
+      const bool releasing =
+          now && *now && ((*now)->phase == "releasing" || (*now)->phase == "release-failed");
       if (!releasing) ::kill(daemon.pid, SIGTERM);
     }
     if (!wait_process_exit(daemon, std::chrono::milliseconds(request.timeout_ms)))
-      return report(make_error(ErrorKind::busy, "daemon pid " + std::to_string(daemon.pid) +
-                                                    " did not exit within " +
-                                                    std::to_string(request.timeout_ms / 1000) + "s"));
+      return report(make_error(
+          ErrorKind::busy, "daemon pid " + std::to_string(daemon.pid) + " did not exit within " +
+                               std::to_string(request.timeout_ms / 1000) + "s"));
     auto after = load_state(mountpoint);
     if (after && *after && (*after)->phase == "release-failed")
-      return report(make_error(ErrorKind::unavailable,
-                               "release incomplete: " + (*after)->last_error +
-                                   " (left labelled for `urunc-bootfs gc`)"));
+      return report(
+          make_error(ErrorKind::unavailable, "release incomplete: " + (*after)->last_error +
+                                                 " (left labelled for `urunc-bootfs gc`)"));
     if (after && !*after) return 0;
   }
   // The daemon is gone (killed, crashed, or died while releasing).

@@ -65,15 +65,22 @@ Error errno_error(int err, std::string message) {
 int exit_code(ErrorKind kind) {
   using namespace exit_codes;
   switch (kind) {
-    case ErrorKind::usage: return kUsage;
-    case ErrorKind::invalid: return kInvalid;
-    case ErrorKind::not_found: return kNotFound;
+    case ErrorKind::usage:
+      return kUsage;
+    case ErrorKind::invalid:
+      return kInvalid;
+    case ErrorKind::not_found:
+      return kNotFound;
     case ErrorKind::already_exists:
     case ErrorKind::busy:
-    case ErrorKind::precondition: return kConflict;
-    case ErrorKind::unavailable: return kUnavailable;
-    case ErrorKind::permission: return kPermission;
-    case ErrorKind::internal: return kInternal;
+    case ErrorKind::precondition:
+      return kConflict;
+    case ErrorKind::unavailable:
+      return kUnavailable;
+    case ErrorKind::permission:
+      return kPermission;
+    case ErrorKind::internal:
+      return kInternal;
   }
   return kInternal;
 }
@@ -82,29 +89,46 @@ int to_errno(const Error& error) {
   if (error.sys_errno != 0) return error.sys_errno;
   switch (error.kind) {
     case ErrorKind::usage:
-    case ErrorKind::invalid: return EINVAL;
-    case ErrorKind::not_found: return ENOENT;
-    case ErrorKind::already_exists: return EEXIST;
-    case ErrorKind::unavailable: return ENOTCONN;
-    case ErrorKind::precondition: return EINVAL;
-    case ErrorKind::permission: return EACCES;
-    case ErrorKind::busy: return EBUSY;
-    case ErrorKind::internal: return EIO;
+    case ErrorKind::invalid:
+      return EINVAL;
+    case ErrorKind::not_found:
+      return ENOENT;
+    case ErrorKind::already_exists:
+      return EEXIST;
+    case ErrorKind::unavailable:
+      return ENOTCONN;
+    case ErrorKind::precondition:
+      return EINVAL;
+    case ErrorKind::permission:
+      return EACCES;
+    case ErrorKind::busy:
+      return EBUSY;
+    case ErrorKind::internal:
+      return EIO;
   }
   return EIO;
 }
 
 const char* kind_name(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::usage: return "usage";
-    case ErrorKind::invalid: return "invalid";
-    case ErrorKind::not_found: return "not found";
-    case ErrorKind::already_exists: return "already exists";
-    case ErrorKind::unavailable: return "unavailable";
-    case ErrorKind::precondition: return "precondition";
-    case ErrorKind::permission: return "permission";
-    case ErrorKind::busy: return "busy";
-    case ErrorKind::internal: return "internal";
+    case ErrorKind::usage:
+      return "usage";
+    case ErrorKind::invalid:
+      return "invalid";
+    case ErrorKind::not_found:
+      return "not found";
+    case ErrorKind::already_exists:
+      return "already exists";
+    case ErrorKind::unavailable:
+      return "unavailable";
+    case ErrorKind::precondition:
+      return "precondition";
+    case ErrorKind::permission:
+      return "permission";
+    case ErrorKind::busy:
+      return "busy";
+    case ErrorKind::internal:
+      return "internal";
   }
   return "internal";
 }

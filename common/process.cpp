@@ -1,10 +1,10 @@
 #include "urunc_bootfs/process.h"
 
 #include <poll.h>
-#include <csignal>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
 #include <sstream>
 #include <thread>

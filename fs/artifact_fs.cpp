@@ -137,8 +137,12 @@ void ArtifactFs::record_error(std::string_view op, int err, Ino ino) {
     spdlog::warn("{} on {} failed: {} (errno {})", op, artifact, std::strerror(err), err);
 }
 
-void ArtifactFs::set_mode(std::size_t artifact, ReadMode mode) { modes_.at(artifact).store(mode); }
-ReadMode ArtifactFs::mode(std::size_t artifact) const { return modes_.at(artifact).load(); }
+void ArtifactFs::set_mode(std::size_t artifact, ReadMode mode) {
+  modes_.at(artifact).store(mode);
+}
+ReadMode ArtifactFs::mode(std::size_t artifact) const {
+  return modes_.at(artifact).load();
+}
 
 void ArtifactFs::close_files() {
   for (auto& file : files_) file.fd.reset();

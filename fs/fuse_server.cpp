@@ -22,8 +22,7 @@ constexpr double kCacheSeconds = 86400.0;
 
 ArtifactFs& fs_of(fuse_req_t req);
 
-void reply_error(fuse_req_t req, std::string_view op, Ino ino,
-                 const Error& error) {
+void reply_error(fuse_req_t req, std::string_view op, Ino ino, const Error& error) {
   const int err = to_errno(error);
   fs_of(req).record_error(op, err, ino);
   fuse_reply_err(req, err);
@@ -80,8 +79,8 @@ ssize_t io_read(int fd, void* buf, size_t len, void* userdata) {
 ssize_t io_writev(int fd, struct iovec* iov, int count, void* userdata) {
   return channel_of(userdata).writev(fd, iov, count);
 }
-ssize_t io_splice_send(int fdin, off_t* offin, int fdout, off_t* offout,
-                       size_t len, unsigned int flags, void*) {
+ssize_t io_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
+                       unsigned int flags, void*) {
   return ::splice(fdin, offin, fdout, offout, len, flags);
 }
 
@@ -89,10 +88,8 @@ ssize_t io_splice_send(int fdin, off_t* offin, int fdout, off_t* offout,
 // and every file's mode is settled, not here (this runs before the reply).
 void op_init(void*, fuse_conn_info* conn) {
   // Splice moves file pages to /dev/fuse without a copy through our memory.
-  if ((conn->capable & FUSE_CAP_SPLICE_WRITE) != 0)
-    conn->want |= FUSE_CAP_SPLICE_WRITE;
-  if ((conn->capable & FUSE_CAP_SPLICE_MOVE) != 0)
-    conn->want |= FUSE_CAP_SPLICE_MOVE;
+  if ((conn->capable & FUSE_CAP_SPLICE_WRITE) != 0) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if ((conn->capable & FUSE_CAP_SPLICE_MOVE) != 0) conn->want |= FUSE_CAP_SPLICE_MOVE;
   // Requests must be read, not spliced, so that the channel sees INIT.
   conn->want &= ~FUSE_CAP_SPLICE_READ;
   // Nothing changes underneath: no need to revalidate cached pages on attr.
@@ -126,8 +123,7 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   fuse_reply_attr(req, &*attr, kCacheSeconds);
 }
 
-void op_setattr(fuse_req_t req, fuse_ino_t, struct stat*, int,
-                fuse_file_info*) {
+void op_setattr(fuse_req_t req, fuse_ino_t, struct stat*, int, fuse_file_info*) {
   reply_erofs(req);
 }
 
@@ -150,30 +146,25 @@ void op_rmdir(fuse_req_t req, fuse_ino_t, const char*) {
 void op_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) {
   reply_erofs(req);
 }
-void op_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*,
-               unsigned) {
+void op_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
   reply_erofs(req);
 }
 void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) {
   reply_erofs(req);
 }
-void op_write(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t,
-              fuse_file_info*) {
+void op_write(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t, fuse_file_info*) {
   reply_erofs(req);
 }
-void op_create(fuse_req_t req, fuse_ino_t, const char*, mode_t,
-               fuse_file_info*) {
+void op_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
   reply_erofs(req);
 }
-void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t,
-                 int) {
+void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
   reply_erofs(req);
 }
 void op_removexattr(fuse_req_t req, fuse_ino_t, const char*) {
   reply_erofs(req);
 }
-void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t,
-                  fuse_file_info*) {
+void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*) {
   reply_erofs(req);
 }
 
@@ -181,8 +172,8 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto& impl = impl_of(req);
   auto file = impl.fs->open(ino, fi->flags);
   if (!file) return reply_error(req, "open", ino, file.error());
-  const int backing = impl.channel->backing_id(
-      static_cast<std::size_t>(*file - impl.fs->files().data()));
+  const int backing =
+      impl.channel->backing_id(static_cast<std::size_t>(*file - impl.fs->files().data()));
   // Splice: the content never changes while mounted, so keep the page cache
   // across opens. Passthrough: the backing file's cache is the only one.
   // Either way there is nothing to flush on close.
@@ -192,8 +183,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_open(req, fi);
 }
 
-void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-             fuse_file_info*) {
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   auto slice = fs_of(req).read(ino, off, size);
   if (!slice) return reply_error(req, "read", ino, slice.error());
   if (slice->length == 0) {
@@ -204,8 +194,7 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   fuse_bufvec buf{};
   buf.count = 1;
   buf.buf[0].size = slice->length;
-  buf.buf[0].flags =
-      static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
   buf.buf[0].fd = slice->fd;
   buf.buf[0].pos = slice->offset;
   if (const int rc = fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE); rc != 0)
@@ -223,28 +212,25 @@ void op_fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
 }
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (auto ok = fs_of(req).opendir(ino); !ok)
-    return reply_error(req, "opendir", ino, ok.error());
+  if (auto ok = fs_of(req).opendir(ino); !ok) return reply_error(req, "opendir", ino, ok.error());
   fi->cache_readdir = 1;
   fi->keep_cache = 1;
   fuse_reply_open(req, fi);
 }
 
-void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                fuse_file_info*) {
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   auto entries = fs_of(req).readdir(ino);
   if (!entries) return reply_error(req, "readdir", ino, entries.error());
   std::vector<char> buf(size);
   std::size_t used = 0;
-  for (std::size_t i = static_cast<std::size_t>(std::max<off_t>(off, 0));
-       i < entries->size(); ++i) {
+  for (std::size_t i = static_cast<std::size_t>(std::max<off_t>(off, 0)); i < entries->size();
+       ++i) {
     const auto& entry = (*entries)[i];
     struct stat st {};
     st.st_ino = entry.ino;
     st.st_mode = entry.is_dir ? S_IFDIR : S_IFREG;
-    const std::size_t need =
-        fuse_add_direntry(req, buf.data() + used, size - used,
-                          entry.name.c_str(), &st, static_cast<off_t>(i + 1));
+    const std::size_t need = fuse_add_direntry(req, buf.data() + used, size - used,
+                                               entry.name.c_str(), &st, static_cast<off_t>(i + 1));
     if (need > size - used) break;
     used += need;
   }
@@ -260,8 +246,7 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
   fuse_reply_statfs(req, &st);
 }
 
-void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name,
-                 size_t size) {
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   auto value = fs_of(req).getxattr(ino, name);
   if (!value) return reply_error(req, "getxattr", ino, value.error());
   if (size == 0) {
@@ -328,8 +313,7 @@ fuse_lowlevel_ops make_ops() {
 FuseServer::FuseServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 FuseServer::~FuseServer() = default;
 
-Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs,
-                                                      FuseOptions options) {
+Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs, FuseOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->fs = &fs;
   impl->options = std::move(options);
@@ -348,37 +332,31 @@ Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs,
   impl->session = fuse_session_new(&args, &ops, sizeof ops, impl.get());
   fuse_opt_free_args(&args);
   if (impl->session == nullptr)
-    return std::unexpected(
-        make_error(ErrorKind::internal, "cannot create the FUSE session"));
+    return std::unexpected(make_error(ErrorKind::internal, "cannot create the FUSE session"));
 
   Impl* raw = impl.get();
-  auto channel =
-      FuseChannel::open(fs, impl->options.passthrough, [raw](Status ready) {
-        if (ready) {
-          if (raw->options.on_init) raw->options.on_init();
-          return;
-        }
-        spdlog::error("{}", ready.error().to_string());
-        {
-          std::lock_guard lock(raw->mutex);
-          raw->init_error = std::move(ready).error();
-        }
-        fuse_session_exit(raw->session);
-      });
+  auto channel = FuseChannel::open(fs, impl->options.passthrough, [raw](Status ready) {
+    if (ready) {
+      if (raw->options.on_init) raw->options.on_init();
+      return;
+    }
+    spdlog::error("{}", ready.error().to_string());
+    {
+      std::lock_guard lock(raw->mutex);
+      raw->init_error = std::move(ready).error();
+    }
+    fuse_session_exit(raw->session);
+  });
   if (!channel) return std::unexpected(std::move(channel).error());
   impl->channel = std::move(*channel);
-  static const fuse_custom_io io_hooks = {io_writev, io_read, nullptr,
-                                          io_splice_send};
-  if (const int rc =
-          fuse_session_custom_io(impl->session, &io_hooks, impl->channel->fd());
-      rc != 0)
-    return std::unexpected(make_error(
-        ErrorKind::internal, "cannot hand /dev/fuse to the session", -rc));
+  static const fuse_custom_io io_hooks = {io_writev, io_read, nullptr, io_splice_send};
+  if (const int rc = fuse_session_custom_io(impl->session, &io_hooks, impl->channel->fd()); rc != 0)
+    return std::unexpected(
+        make_error(ErrorKind::internal, "cannot hand /dev/fuse to the session", -rc));
   impl->channel->hand_over();
   UB_TRY(impl->channel->mount(impl->options.mountpoint, impl->options.fsname));
   if (fuse_set_signal_handlers(impl->session) != 0)
-    return std::unexpected(
-        make_error(ErrorKind::internal, "cannot install signal handlers"));
+    return std::unexpected(make_error(ErrorKind::internal, "cannot install signal handlers"));
   impl->signals = true;
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
 }
@@ -399,9 +377,8 @@ Status FuseServer::run() {
     if (impl_->init_error) return std::unexpected(*impl_->init_error);
   }
   if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP)
-    return std::unexpected(make_error(ErrorKind::internal,
-                                      "FUSE session ended with an error",
-                                      rc < 0 ? -rc : EIO));
+    return std::unexpected(
+        make_error(ErrorKind::internal, "FUSE session ended with an error", rc < 0 ? -rc : EIO));
   return {};
 }
 

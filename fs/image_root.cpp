@@ -29,8 +29,7 @@ std::string join(const std::vector<std::string>& parts) {
   return out.empty() ? "/" : out;
 }
 
-int raw_openat2(int dirfd, const char* path, std::uint64_t flags,
-                std::uint64_t resolve) {
+int raw_openat2(int dirfd, const char* path, std::uint64_t flags, std::uint64_t resolve) {
   open_how how{};
   how.flags = flags;
   how.resolve = resolve;
@@ -70,13 +69,20 @@ PathProbe fd_probe(int root_fd) {
 
 const char* type_name(mode_t mode) {
   switch (mode & S_IFMT) {
-    case S_IFDIR: return "a directory";
-    case S_IFIFO: return "a FIFO";
-    case S_IFCHR: return "a character device";
-    case S_IFBLK: return "a block device";
-    case S_IFSOCK: return "a socket";
-    case S_IFLNK: return "a symlink";
-    default: return "not a regular file";
+    case S_IFDIR:
+      return "a directory";
+    case S_IFIFO:
+      return "a FIFO";
+    case S_IFCHR:
+      return "a character device";
+    case S_IFBLK:
+      return "a block device";
+    case S_IFSOCK:
+      return "a socket";
+    case S_IFLNK:
+      return "a symlink";
+    default:
+      return "not a regular file";
   }
 }
 
@@ -94,8 +100,8 @@ Result<std::string> resolve_image_path(std::string_view path, const PathProbe& p
     if (part == "..") {
       if (done.empty())
         return std::unexpected(make_error(
-            ErrorKind::invalid, "\"" + std::string(path) +
-                                    "\" leads above the image root through a symlink"));
+            ErrorKind::invalid,
+            "\"" + std::string(path) + "\" leads above the image root through a symlink"));
       done.pop_back();
       continue;
     }
@@ -105,27 +111,27 @@ Result<std::string> resolve_image_path(std::string_view path, const PathProbe& p
     if (!node) return std::unexpected(std::move(node).error());
     switch (node->type) {
       case PathNode::Type::missing:
-        return std::unexpected(make_error(
-            ErrorKind::not_found,
-            "\"" + std::string(path) + "\" does not exist in the image" +
-                (current == path ? std::string() : " (\"" + current + "\" is missing)"),
-            ENOENT));
+        return std::unexpected(
+            make_error(ErrorKind::not_found,
+                       "\"" + std::string(path) + "\" does not exist in the image" +
+                           (current == path ? std::string() : " (\"" + current + "\" is missing)"),
+                       ENOENT));
       case PathNode::Type::symlink:
         if (++hops > kMaxSymlinkHops)
           return std::unexpected(make_error(
               ErrorKind::invalid, "\"" + std::string(path) + "\" has too many symlinks", ELOOP));
         done.pop_back();
         if (node->link_target.empty())
-          return std::unexpected(make_error(
-              ErrorKind::invalid, "\"" + current + "\" is an empty symlink"));
+          return std::unexpected(
+              make_error(ErrorKind::invalid, "\"" + current + "\" is an empty symlink"));
         if (node->link_target.front() == '/') done.clear();
         push_components(pending, node->link_target);
         break;
       case PathNode::Type::other:
         if (!pending.empty())
           return std::unexpected(make_error(
-              ErrorKind::invalid, "\"" + current + "\" in \"" + std::string(path) +
-                                      "\" is not a directory", ENOTDIR));
+              ErrorKind::invalid,
+              "\"" + current + "\" in \"" + std::string(path) + "\" is not a directory", ENOTDIR));
         break;
       case PathNode::Type::directory:
         break;
@@ -147,22 +153,23 @@ Result<OpenArtifact> open_artifact(int root_fd, const ArtifactRef& ref) {
   if (::fstatat(root_fd, relative(*resolved).c_str(), &pre, AT_SYMLINK_NOFOLLOW) != 0)
     return std::unexpected(errno_error(errno, "stat failed").at(what));
   if (!S_ISREG(pre.st_mode))
-    return std::unexpected(make_error(
-        ErrorKind::invalid, std::string("is ") + type_name(pre.st_mode) +
-                                ", only regular files are served").at(what));
+    return std::unexpected(
+        make_error(ErrorKind::invalid,
+                   std::string("is ") + type_name(pre.st_mode) + ", only regular files are served")
+            .at(what));
 
-  const int fd = raw_openat2(root_fd, relative(*resolved).c_str(),
-                             O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
-                             RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS |
-                                 RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV);
+  const int fd = raw_openat2(
+      root_fd, relative(*resolved).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+      RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV);
   if (fd < 0) return std::unexpected(errno_error(errno, "open failed").at(what));
   OpenArtifact out{ref, *resolved, UniqueFd(fd), {}};
   if (::fstat(fd, &out.st) != 0)
     return std::unexpected(errno_error(errno, "fstat failed").at(what));
   if (!S_ISREG(out.st.st_mode))
-    return std::unexpected(make_error(
-        ErrorKind::invalid, std::string("is ") + type_name(out.st.st_mode) +
-                                ", only regular files are served").at(what));
+    return std::unexpected(make_error(ErrorKind::invalid, std::string("is ") +
+                                                              type_name(out.st.st_mode) +
+                                                              ", only regular files are served")
+                               .at(what));
   // A zero-length kernel cannot boot anything; say so now rather than let
   // the monitor fail later with a less clear message.
   if (ref.role == ArtifactRole::kernel && out.st.st_size == 0)
@@ -192,14 +199,13 @@ Result<std::optional<std::string>> read_image_file(int root_fd, std::string_view
     return std::unexpected(std::move(opened).error());
   }
   if (static_cast<std::size_t>(opened->st.st_size) > limit)
-    return std::unexpected(make_error(
-        ErrorKind::invalid, std::string(path) + " is larger than " +
-                                std::to_string(limit) + " bytes"));
+    return std::unexpected(make_error(ErrorKind::invalid, std::string(path) + " is larger than " +
+                                                              std::to_string(limit) + " bytes"));
   std::string data(static_cast<std::size_t>(opened->st.st_size), '\0');
   std::size_t got = 0;
   while (got < data.size()) {
-    const ssize_t n = ::pread(opened->fd.get(), data.data() + got, data.size() - got,
-                              static_cast<off_t>(got));
+    const ssize_t n =
+        ::pread(opened->fd.get(), data.data() + got, data.size() - got, static_cast<off_t>(got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return std::unexpected(errno_error(errno, "read " + std::string(path)));
     if (n == 0) break;

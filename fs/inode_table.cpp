@@ -10,8 +10,7 @@ constexpr blksize_t kBlockSize = 4096;
 
 }  // namespace
 
-Result<InodeTable> InodeTable::build(std::span<const TableEntry> entries,
-                                     struct timespec now) {
+Result<InodeTable> InodeTable::build(std::span<const TableEntry> entries, struct timespec now) {
   InodeTable table;
   Node root;
   root.ino = kRootIno;
@@ -33,8 +32,8 @@ Result<InodeTable> InodeTable::build(std::span<const TableEntry> entries,
   for (std::size_t index = 0; index < entries.size(); ++index) {
     const auto& entry = entries[index];
     if (entry.path.size() < 2 || entry.path.front() != '/')
-      return std::unexpected(make_error(ErrorKind::invalid,
-                                        "path \"" + entry.path + "\" is not absolute"));
+      return std::unexpected(
+          make_error(ErrorKind::invalid, "path \"" + entry.path + "\" is not absolute"));
     Ino dir = kRootIno;
     std::size_t start = 1;
     while (true) {
@@ -42,8 +41,8 @@ Result<InodeTable> InodeTable::build(std::span<const TableEntry> entries,
       const bool last = slash == std::string::npos;
       const std::string name = entry.path.substr(start, last ? std::string::npos : slash - start);
       if (name.empty() || name == "." || name == "..")
-        return std::unexpected(make_error(ErrorKind::invalid,
-                                          "path \"" + entry.path + "\" is not clean"));
+        return std::unexpected(
+            make_error(ErrorKind::invalid, "path \"" + entry.path + "\" is not clean"));
       Node& parent = table.nodes_[dir - 1];
       auto existing = parent.children.find(name);
       if (existing != parent.children.end()) {

@@ -56,8 +56,7 @@ FuseChannel::OpenReplyScope::~OpenReplyScope() {
   t_open_backing_id = 0;
 }
 
-FuseChannel::FuseChannel(ArtifactFs& fs, PassthroughPolicy policy,
-                         ReadyFn on_ready, UniqueFd fd)
+FuseChannel::FuseChannel(ArtifactFs& fs, PassthroughPolicy policy, ReadyFn on_ready, UniqueFd fd)
     : fs_(fs),
       policy_(policy),
       on_ready_(std::move(on_ready)),
@@ -74,8 +73,7 @@ FuseChannel::~FuseChannel() {
   unmount();
 }
 
-Result<std::unique_ptr<FuseChannel>> FuseChannel::open(ArtifactFs& fs,
-                                                       PassthroughPolicy policy,
+Result<std::unique_ptr<FuseChannel>> FuseChannel::open(ArtifactFs& fs, PassthroughPolicy policy,
                                                        ReadyFn on_ready) {
   UniqueFd fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
   if (!fd) return std::unexpected(errno_error(errno, "cannot open /dev/fuse"));
@@ -83,19 +81,15 @@ Result<std::unique_ptr<FuseChannel>> FuseChannel::open(ArtifactFs& fs,
       new FuseChannel(fs, policy, std::move(on_ready), std::move(fd)));
 }
 
-Status FuseChannel::mount(const std::string& mountpoint,
-                          const std::string& fsname) {
+Status FuseChannel::mount(const std::string& mountpoint, const std::string& fsname) {
   // What libfuse's own mount passes for a root daemon; fsname becomes the
   // source and the subtype comes from the type name.
   const std::string data =
-      "fd=" + std::to_string(fd_) +
-      ",rootmode=40000,user_id=" + std::to_string(::getuid()) +
-      ",group_id=" + std::to_string(::getgid()) +
-      ",allow_other,default_permissions";
-  if (::mount(fsname.c_str(), mountpoint.c_str(), kFsType,
-              MS_RDONLY | MS_NOSUID | MS_NODEV, data.c_str()) != 0)
-    return std::unexpected(
-        errno_error(errno, "cannot mount FUSE at " + mountpoint));
+      "fd=" + std::to_string(fd_) + ",rootmode=40000,user_id=" + std::to_string(::getuid()) +
+      ",group_id=" + std::to_string(::getgid()) + ",allow_other,default_permissions";
+  if (::mount(fsname.c_str(), mountpoint.c_str(), kFsType, MS_RDONLY | MS_NOSUID | MS_NODEV,
+              data.c_str()) != 0)
+    return std::unexpected(errno_error(errno, "cannot mount FUSE at " + mountpoint));
   mountpoint_ = mountpoint;
   mounted_ = true;
   return {};
@@ -126,18 +120,15 @@ void FuseChannel::close_backing() {
 ssize_t FuseChannel::read(int fd, void* buf, std::size_t len) {
   const ssize_t n = ::read(fd, buf, len);
   // The kernel's first request is INIT. Nothing below may touch errno.
-  if (n >= static_cast<ssize_t>(sizeof(proto::InHeader) +
-                                sizeof(proto::InitIn)) &&
+  if (n >= static_cast<ssize_t>(sizeof(proto::InHeader) + sizeof(proto::InitIn)) &&
       !init_seen_.load(std::memory_order_acquire)) {
     proto::InHeader in{};
     std::memcpy(&in, buf, sizeof in);
     if (in.opcode == proto::kOpInit) {
       proto::InitIn init{};
-      std::memcpy(&init, static_cast<const char*>(buf) + sizeof in,
-                  sizeof init);
+      std::memcpy(&init, static_cast<const char*>(buf) + sizeof in, sizeof init);
       std::uint64_t flags = init.flags;
-      if ((flags & proto::kInitExt) != 0)
-        flags |= static_cast<std::uint64_t>(init.flags2) << 32;
+      if ((flags & proto::kInitExt) != 0) flags |= static_cast<std::uint64_t>(init.flags2) << 32;
       kernel_flags_.store(flags);
       kernel_offers_.store((flags & proto::kPassthrough) != 0);
       init_unique_.store(in.unique);
@@ -149,33 +140,29 @@ ssize_t FuseChannel::read(int fd, void* buf, std::size_t len) {
 
 ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
   // libfuse writes every reply as {out header, payload...}.
-  if (count != 2 || iov[0].iov_len != sizeof(proto::OutHeader))
-    return ::writev(fd, iov, count);
+  if (count != 2 || iov[0].iov_len != sizeof(proto::OutHeader)) return ::writev(fd, iov, count);
   proto::OutHeader out{};
   std::memcpy(&out, iov[0].iov_base, sizeof out);
 
-  if (t_open_backing_id > 0 && out.error == 0 &&
-      iov[1].iov_len == sizeof(proto::OpenOut)) {
+  if (t_open_backing_id > 0 && out.error == 0 && iov[1].iov_len == sizeof(proto::OpenOut)) {
     proto::OpenOut open{};
     std::memcpy(&open, iov[1].iov_base, sizeof open);
-    open.open_flags =
-        (open.open_flags | proto::kFopenPassthrough) & ~proto::kFopenKeepCache;
+    open.open_flags = (open.open_flags | proto::kFopenPassthrough) & ~proto::kFopenKeepCache;
     open.backing_id = t_open_backing_id;
     const std::array<iovec, 2> patched{iov[0], iovec{&open, sizeof open}};
     return ::writev(fd, patched.data(), 2);
   }
 
-  if (!init_seen_.load(std::memory_order_acquire) ||
-      out.unique != init_unique_.load() || init_replied_.exchange(true))
+  if (!init_seen_.load(std::memory_order_acquire) || out.unique != init_unique_.load() ||
+      init_replied_.exchange(true))
     return ::writev(fd, iov, count);
 
   // The INIT reply: ask for passthrough when the kernel offers it.
   std::array<char, 256> body{};
   bool patched = false;
   std::array<iovec, 2> reply{iov[0], iov[1]};
-  if (policy_ != PassthroughPolicy::disabled && out.error == 0 &&
-      kernel_offers_.load() && iov[1].iov_len >= sizeof(proto::InitOut) &&
-      iov[1].iov_len <= body.size()) {
+  if (policy_ != PassthroughPolicy::disabled && out.error == 0 && kernel_offers_.load() &&
+      iov[1].iov_len >= sizeof(proto::InitOut) && iov[1].iov_len <= body.size()) {
     std::memcpy(body.data(), iov[1].iov_base, iov[1].iov_len);
     proto::InitOut init{};
     std::memcpy(&init, body.data(), sizeof init);
@@ -205,8 +192,7 @@ ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
     if (on_ready_)
       on_ready_(std::unexpected(
           n < 0 ? errno_error(saved, "the kernel refused the INIT reply")
-                : make_error(ErrorKind::internal,
-                             "the FUSE INIT handshake failed")));
+                : make_error(ErrorKind::internal, "the FUSE INIT handshake failed")));
   }
   errno = saved;
   return n;
@@ -229,8 +215,7 @@ void FuseChannel::settle_modes(bool init_patched) {
           "CONFIG_FUSE_PASSTHROUGH)";
     } else if (!init_patched) {
       why = "the INIT reply could not ask for passthrough";
-    } else if (policy_ == PassthroughPolicy::automatic &&
-               !on_readonly_mount(file.fd.get())) {
+    } else if (policy_ == PassthroughPolicy::automatic && !on_readonly_mount(file.fd.get())) {
       why = "the backing file is on a writable mount, so its size could change";
     } else {
       proto::BackingMap map{file.fd.get(), 0, 0};
@@ -263,11 +248,8 @@ void FuseChannel::settle_modes(bool init_patched) {
   if (!on_ready_) return;
   if (policy_ == PassthroughPolicy::required && !refused.empty()) {
     on_ready_(std::unexpected(make_error(
-        refused_errno == EPERM ? ErrorKind::permission
-                               : ErrorKind::precondition,
-        "passthrough required (--passthrough on) but not accepted for " +
-            refused,
-        refused_errno)));
+        refused_errno == EPERM ? ErrorKind::permission : ErrorKind::precondition,
+        "passthrough required (--passthrough on) but not accepted for " + refused, refused_errno)));
     return;
   }
   on_ready_({});

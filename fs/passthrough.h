@@ -50,8 +50,9 @@ class FuseChannel {
   using ReadyFn = std::function<void(Status)>;
 
   // Opens /dev/fuse. Nothing is mounted yet.
-  [[nodiscard]] static Result<std::unique_ptr<FuseChannel>> open(
-      ArtifactFs& fs, PassthroughPolicy policy, ReadyFn on_ready);
+  [[nodiscard]] static Result<std::unique_ptr<FuseChannel>> open(ArtifactFs& fs,
+                                                                 PassthroughPolicy policy,
+                                                                 ReadyFn on_ready);
   ~FuseChannel();
   FuseChannel(const FuseChannel&) = delete;
   FuseChannel& operator=(const FuseChannel&) = delete;
@@ -63,8 +64,7 @@ class FuseChannel {
 
   // mount(2) of fuse.<subtype> at `mountpoint` with source `fsname`: ro,
   // nosuid, nodev, allow_other, default_permissions.
-  [[nodiscard]] Status mount(const std::string& mountpoint,
-                             const std::string& fsname);
+  [[nodiscard]] Status mount(const std::string& mountpoint, const std::string& fsname);
   // Detaches the mount unless the kernel already dropped the connection
   // (umount by someone else). Idempotent.
   void unmount();
@@ -91,13 +91,10 @@ class FuseChannel {
   };
 
   // What the kernel offered in its INIT request (for logs and tests).
-  [[nodiscard]] bool kernel_offers_passthrough() const {
-    return kernel_offers_.load();
-  }
+  [[nodiscard]] bool kernel_offers_passthrough() const { return kernel_offers_.load(); }
 
  private:
-  FuseChannel(ArtifactFs& fs, PassthroughPolicy policy, ReadyFn on_ready,
-              UniqueFd fd);
+  FuseChannel(ArtifactFs& fs, PassthroughPolicy policy, ReadyFn on_ready, UniqueFd fd);
   void settle_modes(bool init_patched);
 
   ArtifactFs& fs_;

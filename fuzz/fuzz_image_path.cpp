@@ -29,8 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         image[std::string(line.substr(0, arrow))] =
             PathNode{PathNode::Type::symlink, std::string(line.substr(arrow + 4))};
       } else if (!line.empty()) {
-        image[std::string(line)] = PathNode{line.back() == '/' ? PathNode::Type::directory
-                                                               : PathNode::Type::other, {}};
+        image[std::string(line)] =
+            PathNode{line.back() == '/' ? PathNode::Type::directory : PathNode::Type::other, {}};
       }
       if (end == std::string_view::npos) break;
       rest = rest.substr(end + 1);

@@ -18,9 +18,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   while (true) {
     const auto end = text.find('\n');
     const std::string line(text.substr(0, end));
-    if (field == 0) mount.type = line;
-    else if (field == 1) mount.source = line;
-    else mount.options.push_back(line);
+    if (field == 0)
+      mount.type = line;
+    else if (field == 1)
+      mount.source = line;
+    else
+      mount.options.push_back(line);
     ++field;
     if (end == std::string_view::npos) break;
     text = text.substr(end + 1);

@@ -64,6 +64,10 @@ done
 section "fuzzing (libFuzzer, clang 19, ASan + UBSan; bounded)"
 scripts/fuzz.sh "${URUNC_BOOTFS_FUZZ_SECONDS:-30}"
 
+section "clang-format (the project's .clang-format)"
+cmake --build build/dev --target check-format >/dev/null
+echo "clang-format: clean"
+
 section "clang-tidy (the project's .clang-tidy, every project source)"
 scripts/check-tidy.sh build/dev
 echo "clang-tidy: clean"

@@ -54,8 +54,7 @@ Labels to_labels(const google::protobuf::Map<std::string, std::string>& map) {
   return {map.begin(), map.end()};
 }
 
-void fill_labels(const Labels& labels,
-                 google::protobuf::Map<std::string, std::string>* map) {
+void fill_labels(const Labels& labels, google::protobuf::Map<std::string, std::string>* map) {
   for (const auto& [key, value] : labels) (*map)[key] = value;
 }
 
@@ -99,8 +98,7 @@ Lease to_lease(const pb_leases::Lease& pb) {
 }
 
 Error status_error(const grpc::Status& status, std::string_view what) {
-  return grpc_error(static_cast<int>(status.error_code()),
-                    status.error_message(), what);
+  return grpc_error(static_cast<int>(status.error_code()), status.error_message(), what);
 }
 
 }  // namespace
@@ -110,8 +108,7 @@ std::string grpc_target(std::string_view address) {
   // before its first '/'.
   const auto colon = address.find(':');
   const auto slash = address.find('/');
-  if (colon != std::string_view::npos &&
-      (slash == std::string_view::npos || colon < slash)) {
+  if (colon != std::string_view::npos && (slash == std::string_view::npos || colon < slash)) {
     return std::string(address);
   }
   if (address.starts_with('/')) return "unix://" + std::string(address);
@@ -120,8 +117,7 @@ std::string grpc_target(std::string_view address) {
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   if (options.address.empty()) {
-    return std::unexpected(
-        make_error(ErrorKind::usage, "no containerd address given"));
+    return std::unexpected(make_error(ErrorKind::usage, "no containerd address given"));
   }
   const std::string target = grpc_target(options.address);
   // Waiting out the whole timeout for a socket that is not there helps no
@@ -130,15 +126,13 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
       const int err = errno;
-      Error error = errno_error(
-          err, "containerd socket " + path + " (is containerd running?)");
+      Error error = errno_error(err, "containerd socket " + path + " (is containerd running?)");
       if (err == ENOENT) error.kind = ErrorKind::unavailable;
       return std::unexpected(std::move(error));
     }
     if (!S_ISSOCK(st.st_mode)) {
       return std::unexpected(
-          make_error(ErrorKind::unavailable,
-                     "containerd address " + path + " is not a socket"));
+          make_error(ErrorKind::unavailable, "containerd address " + path + " is not a socket"));
     }
     if (::access(path.c_str(), R_OK | W_OK) != 0) {
       return std::unexpected(errno_error(errno, "containerd socket " + path));
@@ -150,36 +144,28 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   auto connection = std::make_shared<Connection>();
   connection->address = options.address;
-  connection->channel = grpc::CreateCustomChannel(
-      target, grpc::InsecureChannelCredentials(), args);
-  if (!connection->channel->WaitForConnected(std::chrono::system_clock::now() +
-                                             options.timeout)) {
+  connection->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (!connection->channel->WaitForConnected(std::chrono::system_clock::now() + options.timeout)) {
     return std::unexpected(make_error(
-        ErrorKind::unavailable,
-        "containerd at " + options.address + " did not answer within " +
-            std::to_string(options.timeout.count()) + " ms"));
+        ErrorKind::unavailable, "containerd at " + options.address + " did not answer within " +
+                                    std::to_string(options.timeout.count()) + " ms"));
   }
-  connection->containers =
-      pb_containers::Containers::NewStub(connection->channel);
+  connection->containers = pb_containers::Containers::NewStub(connection->channel);
   connection->leases = pb_leases::Leases::NewStub(connection->channel);
-  connection->namespaces =
-      pb_namespaces::Namespaces::NewStub(connection->channel);
+  connection->namespaces = pb_namespaces::Namespaces::NewStub(connection->channel);
   connection->snapshots = pb_snapshots::Snapshots::NewStub(connection->channel);
-  return std::unique_ptr<Client>(new Client(
-      std::move(connection), std::move(options.ns), options.timeout));
+  return std::unique_ptr<Client>(
+      new Client(std::move(connection), std::move(options.ns), options.timeout));
 }
 
 Client::Client(std::shared_ptr<Connection> connection, std::string ns,
                std::chrono::milliseconds timeout)
-    : connection_(std::move(connection)),
-      ns_(std::move(ns)),
-      timeout_(timeout) {}
+    : connection_(std::move(connection)), ns_(std::move(ns)), timeout_(timeout) {}
 
 Client::~Client() = default;
 
 std::unique_ptr<Client> Client::with_namespace(std::string ns) const {
-  return std::unique_ptr<Client>(
-      new Client(connection_, std::move(ns), timeout_));
+  return std::unique_ptr<Client>(new Client(connection_, std::move(ns), timeout_));
 }
 
 const std::string& Client::ns() const {
@@ -193,8 +179,8 @@ namespace {
 
 // Fresh per call: a ClientContext must not be reused, and each call gets
 // its own deadline.
-void prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout,
-             std::string_view ns, std::string_view lease_id = {}) {
+void prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout, std::string_view ns,
+             std::string_view lease_id = {}) {
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   if (!ns.empty()) {
     context.AddMetadata(std::string(kNamespaceHeader), std::string(ns));
@@ -208,18 +194,16 @@ void prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout,
 // local check gives the clearer message.
 Status need_namespace(std::string_view ns, std::string_view what) {
   if (!ns.empty()) return {};
-  return std::unexpected(make_error(
-      ErrorKind::usage, std::string(what) + ": no containerd namespace given"));
+  return std::unexpected(
+      make_error(ErrorKind::usage, std::string(what) + ": no containerd namespace given"));
 }
 
 std::string in_ns(std::string_view ns) {
   return " in namespace " + quoted(ns);
 }
 
-std::string snapshot_what(std::string_view ns, std::string_view snapshotter,
-                          std::string_view key) {
-  return "snapshot " + quoted(key) + " on snapshotter " + quoted(snapshotter) +
-         in_ns(ns);
+std::string snapshot_what(std::string_view ns, std::string_view snapshotter, std::string_view key) {
+  return "snapshot " + quoted(key) + " on snapshotter " + quoted(snapshotter) + in_ns(ns);
 }
 
 }  // namespace
@@ -232,8 +216,7 @@ Result<ContainerInfo> Client::get_container(std::string_view id) {
   pb_containers::GetContainerRequest request;
   request.set_id(std::string(id));
   pb_containers::GetContainerResponse response;
-  const auto status =
-      connection_->containers->Get(&context, request, &response);
+  const auto status = connection_->containers->Get(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   const auto& pb = response.container();
   return ContainerInfo{.id = pb.id(),
@@ -244,8 +227,7 @@ Result<ContainerInfo> Client::get_container(std::string_view id) {
                        .labels = to_labels(pb.labels())};
 }
 
-Result<SnapshotInfo> Client::stat(std::string_view snapshotter,
-                                  std::string_view key) {
+Result<SnapshotInfo> Client::stat(std::string_view snapshotter, std::string_view key) {
   const std::string what = snapshot_what(ns_, snapshotter, key);
   UB_TRY(need_namespace(ns_, what));
   grpc::ClientContext context;
@@ -254,19 +236,16 @@ Result<SnapshotInfo> Client::stat(std::string_view snapshotter,
   request.set_snapshotter(std::string(snapshotter));
   request.set_key(std::string(key));
   pb_snapshots::StatSnapshotResponse response;
-  const auto status =
-      connection_->snapshots->Stat(&context, request, &response);
+  const auto status = connection_->snapshots->Stat(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return to_info(response.info());
 }
 
-Result<std::vector<Mount>> Client::view(std::string_view snapshotter,
-                                        std::string_view key,
-                                        std::string_view parent,
-                                        const Labels& labels,
+Result<std::vector<Mount>> Client::view(std::string_view snapshotter, std::string_view key,
+                                        std::string_view parent, const Labels& labels,
                                         std::string_view lease_id) {
-  std::string what = "view " + quoted(key) + " of " + quoted(parent) +
-                     " on snapshotter " + quoted(snapshotter) + in_ns(ns_);
+  std::string what = "view " + quoted(key) + " of " + quoted(parent) + " on snapshotter " +
+                     quoted(snapshotter) + in_ns(ns_);
   if (!lease_id.empty()) what += " under lease " + quoted(lease_id);
   UB_TRY(need_namespace(ns_, what));
   grpc::ClientContext context;
@@ -277,14 +256,12 @@ Result<std::vector<Mount>> Client::view(std::string_view snapshotter,
   request.set_parent(std::string(parent));
   fill_labels(labels, request.mutable_labels());
   pb_snapshots::ViewSnapshotResponse response;
-  const auto status =
-      connection_->snapshots->View(&context, request, &response);
+  const auto status = connection_->snapshots->View(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return to_mounts(response.mounts());
 }
 
-Result<std::vector<Mount>> Client::mounts(std::string_view snapshotter,
-                                          std::string_view key) {
+Result<std::vector<Mount>> Client::mounts(std::string_view snapshotter, std::string_view key) {
   const std::string what = "mounts of " + snapshot_what(ns_, snapshotter, key);
   UB_TRY(need_namespace(ns_, what));
   grpc::ClientContext context;
@@ -293,8 +270,7 @@ Result<std::vector<Mount>> Client::mounts(std::string_view snapshotter,
   request.set_snapshotter(std::string(snapshotter));
   request.set_key(std::string(key));
   pb_snapshots::MountsResponse response;
-  const auto status =
-      connection_->snapshots->Mounts(&context, request, &response);
+  const auto status = connection_->snapshots->Mounts(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return to_mounts(response.mounts());
 }
@@ -308,16 +284,14 @@ Status Client::remove(std::string_view snapshotter, std::string_view key) {
   request.set_snapshotter(std::string(snapshotter));
   request.set_key(std::string(key));
   google::protobuf::Empty response;
-  const auto status =
-      connection_->snapshots->Remove(&context, request, &response);
+  const auto status = connection_->snapshots->Remove(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return {};
 }
 
-Result<std::vector<SnapshotInfo>> Client::list_snapshots(
-    std::string_view snapshotter, const std::vector<std::string>& filters) {
-  const std::string what =
-      "snapshots on snapshotter " + quoted(snapshotter) + in_ns(ns_);
+Result<std::vector<SnapshotInfo>> Client::list_snapshots(std::string_view snapshotter,
+                                                         const std::vector<std::string>& filters) {
+  const std::string what = "snapshots on snapshotter " + quoted(snapshotter) + in_ns(ns_);
   UB_TRY(need_namespace(ns_, what));
   grpc::ClientContext context;
   prepare(context, timeout_, ns_);
@@ -363,8 +337,7 @@ Status Client::delete_lease(std::string_view id, bool sync) {
   return {};
 }
 
-Result<std::vector<Lease>> Client::list_leases(
-    const std::vector<std::string>& filters) {
+Result<std::vector<Lease>> Client::list_leases(const std::vector<std::string>& filters) {
   const std::string what = "leases" + in_ns(ns_);
   UB_TRY(need_namespace(ns_, what));
   grpc::ClientContext context;
@@ -381,14 +354,12 @@ Result<std::vector<Lease>> Client::list_leases(
 }
 
 Result<std::vector<std::string>> Client::list_namespaces() {
-  const std::string what =
-      "namespaces of containerd at " + connection_->address;
+  const std::string what = "namespaces of containerd at " + connection_->address;
   grpc::ClientContext context;
   prepare(context, timeout_, {});
   pb_namespaces::ListNamespacesRequest request;
   pb_namespaces::ListNamespacesResponse response;
-  const auto status =
-      connection_->namespaces->List(&context, request, &response);
+  const auto status = connection_->namespaces->List(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   std::vector<std::string> names;
   names.reserve(static_cast<size_t>(response.namespaces_size()));

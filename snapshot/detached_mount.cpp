@@ -24,8 +24,8 @@ constexpr int kLoopAttempts = 16;
 // The longest string value fsconfig(FSCONFIG_SET_STRING) accepts (the
 // kernel copies at most 256 bytes, NUL included).
 constexpr std::size_t kMaxFsconfigString = 255;
-constexpr unsigned kViewAttrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
-                                MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+constexpr unsigned kViewAttrs =
+    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
 
 // The kernel queues its explanation of a failed fsconfig() ("e ext4: ...")
 // on the context fd; one read() returns one message, ENODATA ends the queue.
@@ -49,33 +49,31 @@ Error fs_error(int err, int fs_fd, std::string what) {
   Error error = errno_error(err, std::move(what));
   // Some filesystems only log their reason (e.g. ext4's "Can't find ext4
   // filesystem") instead of queueing it on the context.
-  error.message += kernel_says.empty() ? " (the kernel log may say why)"
-                                       : " (kernel: " + kernel_says + ")";
+  error.message +=
+      kernel_says.empty() ? " (the kernel log may say why)" : " (kernel: " + kernel_says + ")";
   return error;
 }
 
 Status set_string(int fs_fd, const MountPlan& plan, const std::string& key,
                   const std::string& value) {
-  if (::fsconfig(fs_fd, FSCONFIG_SET_STRING, key.c_str(), value.c_str(), 0) ==
-      0) {
+  if (::fsconfig(fs_fd, FSCONFIG_SET_STRING, key.c_str(), value.c_str(), 0) == 0) {
     return {};
   }
-  return std::unexpected(fs_error(
-      errno, fs_fd, "fsconfig " + plan.fstype + " " + key + "=" + value));
+  return std::unexpected(
+      fs_error(errno, fs_fd, "fsconfig " + plan.fstype + " " + key + "=" + value));
 }
 
 Status set_flag(int fs_fd, const MountPlan& plan, const std::string& key) {
   if (::fsconfig(fs_fd, FSCONFIG_SET_FLAG, key.c_str(), nullptr, 0) == 0) {
     return {};
   }
-  return std::unexpected(
-      fs_error(errno, fs_fd, "fsconfig " + plan.fstype + " " + key));
+  return std::unexpected(fs_error(errno, fs_fd, "fsconfig " + plan.fstype + " " + key));
 }
 
 Result<UniqueFd> mount_bind(const MountPlan& plan) {
   const unsigned recursive = plan.recursive ? AT_RECURSIVE : 0;
-  UniqueFd tree(::open_tree(AT_FDCWD, plan.source.c_str(),
-                            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recursive));
+  UniqueFd tree(
+      ::open_tree(AT_FDCWD, plan.source.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recursive));
   if (!tree) {
     return std::unexpected(errno_error(errno, "open_tree " + plan.source));
   }
@@ -85,32 +83,27 @@ Result<UniqueFd> mount_bind(const MountPlan& plan) {
   }
   if (!S_ISDIR(st.st_mode)) {
     return std::unexpected(make_error(
-        ErrorKind::invalid,
-        "bind source " + plan.source + " is not a directory", ENOTDIR));
+        ErrorKind::invalid, "bind source " + plan.source + " is not a directory", ENOTDIR));
   }
   // The clone starts with the source's attributes (possibly rw); it only
   // becomes read-only here, before anyone can have opened a file through it.
   mount_attr attr{};
   attr.attr_set = kViewAttrs;
-  if (::mount_setattr(tree.get(), "", AT_EMPTY_PATH | recursive, &attr,
-                      sizeof attr) != 0) {
-    return std::unexpected(
-        errno_error(errno, "mount_setattr read-only on " + plan.source));
+  if (::mount_setattr(tree.get(), "", AT_EMPTY_PATH | recursive, &attr, sizeof attr) != 0) {
+    return std::unexpected(errno_error(errno, "mount_setattr read-only on " + plan.source));
   }
   return tree;
 }
 
 // `source` is what the filesystem mounts (the loop device for an image).
 Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
-  const std::string on =
-      source == plan.source ? source : source + " (" + plan.source + ")";
+  const std::string on = source == plan.source ? source : source + " (" + plan.source + ")";
   UniqueFd fs(::fsopen(plan.fstype.c_str(), FSOPEN_CLOEXEC));
   if (!fs) {
     if (errno == ENODEV) {
       return std::unexpected(make_error(
           ErrorKind::precondition,
-          "filesystem type " + plan.fstype + " is not supported by this kernel",
-          ENODEV));
+          "filesystem type " + plan.fstype + " is not supported by this kernel", ENODEV));
     }
     return std::unexpected(errno_error(errno, "fsopen " + plan.fstype));
   }
@@ -122,8 +115,7 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
       // containerd lowerdir= option, so refuse rather than escape.
       if (dir.find_first_of(":\\") != std::string::npos) {
         return std::unexpected(
-            make_error(ErrorKind::invalid,
-                       "overlay lowerdir " + dir + " contains ':' or '\\'"));
+            make_error(ErrorKind::invalid, "overlay lowerdir " + dir + " contains ':' or '\\'"));
       }
       if (!lowerdir.empty()) lowerdir += ':';
       lowerdir += dir;
@@ -136,8 +128,7 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
     bool appended = false;
     for (std::size_t i = 0; i < plan.lowerdirs.size(); ++i) {
       const auto& dir = plan.lowerdirs[i];
-      if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "lowerdir+", dir.c_str(),
-                     0) == 0) {
+      if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "lowerdir+", dir.c_str(), 0) == 0) {
         appended = true;
         continue;
       }
@@ -145,17 +136,15 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
         (void)fs_context_messages(fs.get());  // "Unknown parameter"
         break;
       }
-      return std::unexpected(fs_error(
-          errno, fs.get(), "fsconfig " + plan.fstype + " lowerdir+=" + dir));
+      return std::unexpected(
+          fs_error(errno, fs.get(), "fsconfig " + plan.fstype + " lowerdir+=" + dir));
     }
     if (!appended) {
       if (lowerdir.size() > kMaxFsconfigString) {
         return std::unexpected(make_error(
             ErrorKind::precondition,
-            "overlay lowerdir list of " +
-                std::to_string(plan.lowerdirs.size()) + " layers is " +
-                std::to_string(lowerdir.size()) +
-                " bytes; this kernel takes at most " +
+            "overlay lowerdir list of " + std::to_string(plan.lowerdirs.size()) + " layers is " +
+                std::to_string(lowerdir.size()) + " bytes; this kernel takes at most " +
                 std::to_string(kMaxFsconfigString) +
                 " in one fsconfig() value and has no lowerdir+ (Linux 6.8)"));
       }
@@ -173,21 +162,19 @@ Result<UniqueFd> mount_fs(const MountPlan& plan, const std::string& source) {
   // filesystem opens the device read-only and never replays a journal.
   UB_TRY(set_flag(fs.get(), plan, "ro"));
   if (::fsconfig(fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0) {
-    return std::unexpected(fs_error(
-        errno, fs.get(), "create " + plan.fstype + " superblock on " + on));
+    return std::unexpected(
+        fs_error(errno, fs.get(), "create " + plan.fstype + " superblock on " + on));
   }
   UniqueFd mount(::fsmount(fs.get(), FSMOUNT_CLOEXEC, kViewAttrs));
   if (!mount) {
-    return std::unexpected(
-        fs_error(errno, fs.get(), "fsmount " + plan.fstype + " on " + on));
+    return std::unexpected(fs_error(errno, fs.get(), "fsmount " + plan.fstype + " on " + on));
   }
   return mount;
 }
 
 }  // namespace
 
-Result<LoopDevice> LoopDevice::configure(int ctl, int file,
-                                         const std::string& image) {
+Result<LoopDevice> LoopDevice::configure(int ctl, int file, const std::string& image) {
   for (int attempt = 0; attempt < kLoopAttempts; ++attempt) {
     const int number = ::ioctl(ctl, LOOP_CTL_GET_FREE);
     if (number < 0) {
@@ -201,8 +188,8 @@ Result<LoopDevice> LoopDevice::configure(int ctl, int file,
     loop_config config{};
     config.fd = static_cast<__u32>(file);
     config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
-    std::strncpy(reinterpret_cast<char*>(config.info.lo_file_name),
-                 image.c_str(), LO_NAME_SIZE - 1);
+    std::strncpy(reinterpret_cast<char*>(config.info.lo_file_name), image.c_str(),
+                 LO_NAME_SIZE - 1);
     if (::ioctl(dev.get(), LOOP_CONFIGURE, &config) == 0) {
       return LoopDevice(std::move(dev), std::move(path));
     }
@@ -212,8 +199,7 @@ Result<LoopDevice> LoopDevice::configure(int ctl, int file,
     binding += " with ";
     binding += image;
     if (configure_errno != EINVAL && configure_errno != ENOTTY) {
-      return std::unexpected(
-          errno_error(configure_errno, "LOOP_CONFIGURE " + binding));
+      return std::unexpected(errno_error(configure_errno, "LOOP_CONFIGURE " + binding));
     }
     // Kernels before 5.8 have no LOOP_CONFIGURE. LOOP_SET_FD takes the
     // read-only mode from the file; autoclear comes from SET_STATUS64.
@@ -230,8 +216,7 @@ Result<LoopDevice> LoopDevice::configure(int ctl, int file,
     return LoopDevice(std::move(dev), std::move(path));
   }
   return std::unexpected(make_error(
-      ErrorKind::busy, "no free loop device after " +
-                           std::to_string(kLoopAttempts) + " attempts"));
+      ErrorKind::busy, "no free loop device after " + std::to_string(kLoopAttempts) + " attempts"));
 }
 
 Result<LoopDevice> LoopDevice::attach(const std::string& image) {
@@ -242,13 +227,12 @@ Result<LoopDevice> LoopDevice::attach(const std::string& image) {
     return std::unexpected(errno_error(errno, "fstat " + image));
   }
   if (!S_ISREG(st.st_mode)) {
-    return std::unexpected(make_error(
-        ErrorKind::invalid, "image " + image + " is not a regular file"));
+    return std::unexpected(
+        make_error(ErrorKind::invalid, "image " + image + " is not a regular file"));
   }
   UniqueFd ctl(::open(kLoopControl, O_RDWR | O_CLOEXEC));
   if (!ctl) {
-    return std::unexpected(
-        errno_error(errno, std::string("open ") + kLoopControl));
+    return std::unexpected(errno_error(errno, std::string("open ") + kLoopControl));
   }
   // The device keeps its own reference to the file; ours closes on return.
   return configure(ctl.get(), file.get(), image);
@@ -295,8 +279,8 @@ Result<DetachedMount> mount_planned(const MountPlan& plan) {
 Result<DetachedMount> mount_detached(const std::vector<Mount>& mounts) {
   if (mounts.size() != 1) {
     return std::unexpected(make_error(
-        ErrorKind::invalid, "the view has " + std::to_string(mounts.size()) +
-                                " mounts; exactly one is supported"));
+        ErrorKind::invalid,
+        "the view has " + std::to_string(mounts.size()) + " mounts; exactly one is supported"));
   }
   auto plan = plan_mount(mounts.front());
   if (!plan) return std::unexpected(std::move(plan).error());

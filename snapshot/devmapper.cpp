@@ -37,15 +37,13 @@ bool parse_u64(std::string_view text, std::uint64_t& out) {
   if (text.empty()) return false;
   for (const char c : text)
     if (c < '0' || c > '9') return false;
-  const auto [end, ec] =
-      std::from_chars(text.data(), text.data() + text.size(), out);
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
   return ec == std::errc() && end == text.data() + text.size();
 }
 
 Error bad_line(std::string_view line, std::string_view why) {
-  return make_error(ErrorKind::invalid, "device-mapper table line \"" +
-                                            std::string(line) +
-                                            "\": " + std::string(why));
+  return make_error(ErrorKind::invalid,
+                    "device-mapper table line \"" + std::string(line) + "\": " + std::string(why));
 }
 
 // ----------------------------------------------------------- libdevmapper
@@ -57,7 +55,8 @@ thread_local std::string t_last_dm_error;
 // libdevmapper hands us printf-style arguments; the attribute lets the
 // compiler check the vsnprintf below as such.
 [[gnu::format(printf, 5, 6)]] void capture_dm_log(int level, const char* /*file*/, int /*line*/,
-                    int /*dm_errno_or_class*/, const char* format, ...) {
+                                                  int /*dm_errno_or_class*/, const char* format,
+                                                  ...) {
   // _LOG_ERR is 3 in libdevmapper.h; anything above is chatter.
   if ((level & 7) > 3) return;
   char buf[512];
@@ -80,29 +79,23 @@ Result<Task> run_task(int type, const Query& query, std::string_view verb) {
     return std::unexpected(make_error(ErrorKind::unavailable, why));
   init_library();
   Task task(dm_task_create(type), &dm_task_destroy);
-  if (!task)
-    return std::unexpected(
-        make_error(ErrorKind::internal, "dm_task_create failed"));
-  const bool named =
-      !query.name.empty()
-          ? dm_task_set_name(task.get(), query.name.c_str()) != 0
-          : dm_task_set_major_minor(task.get(), static_cast<int>(query.major),
-                                    static_cast<int>(query.minor), 0) != 0;
+  if (!task) return std::unexpected(make_error(ErrorKind::internal, "dm_task_create failed"));
+  const bool named = !query.name.empty()
+                         ? dm_task_set_name(task.get(), query.name.c_str()) != 0
+                         : dm_task_set_major_minor(task.get(), static_cast<int>(query.major),
+                                                   static_cast<int>(query.minor), 0) != 0;
   if (!named)
     return std::unexpected(make_error(
-        ErrorKind::invalid, "dmsetup " + std::string(verb) + " " +
-                                query.describe() + ": invalid device name"));
+        ErrorKind::invalid,
+        "dmsetup " + std::string(verb) + " " + query.describe() + ": invalid device name"));
   t_last_dm_error.clear();
   if (dm_task_run(task.get()) == 0) {
     const int err = dm_task_get_errno(task.get());
-    std::string message =
-        "dmsetup " + std::string(verb) + " " + query.describe() + ": " +
-        (t_last_dm_error.empty() ? "ioctl failed" : t_last_dm_error);
+    std::string message = "dmsetup " + std::string(verb) + " " + query.describe() + ": " +
+                          (t_last_dm_error.empty() ? "ioctl failed" : t_last_dm_error);
     if (err == ENXIO || err == ENODEV)
-      return std::unexpected(
-          make_error(ErrorKind::not_found, std::move(message), err));
-    return std::unexpected(
-        make_error(ErrorKind::internal, std::move(message), err));
+      return std::unexpected(make_error(ErrorKind::not_found, std::move(message), err));
+    return std::unexpected(make_error(ErrorKind::internal, std::move(message), err));
   }
   return task;
 }
@@ -110,12 +103,10 @@ Result<Task> run_task(int type, const Query& query, std::string_view verb) {
 }  // namespace
 
 Result<TableLine> parse_table_line(std::string_view line) {
-  while (!line.empty() &&
-         (line.back() == '\n' || line.back() == '\r' || line.back() == ' '))
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r' || line.back() == ' '))
     line.remove_suffix(1);
   const auto fields = split_fields(line);
-  if (fields.size() < 3)
-    return std::unexpected(bad_line(line, "needs <start> <length> <target>"));
+  if (fields.size() < 3) return std::unexpected(bad_line(line, "needs <start> <length> <target>"));
   TableLine out;
   if (!parse_u64(fields[0], out.start))
     return std::unexpected(bad_line(line, "start is not a number"));
@@ -125,8 +116,7 @@ Result<TableLine> parse_table_line(std::string_view line) {
   out.target = std::string(fields[2]);
   // The params are the rest of the line after the target, as given.
   const std::size_t params_at =
-      static_cast<std::size_t>(fields[2].data() - line.data()) +
-      fields[2].size();
+      static_cast<std::size_t>(fields[2].data() - line.data()) + fields[2].size();
   std::string_view params = line.substr(params_at);
   while (!params.empty() && (params.front() == ' ' || params.front() == '\t'))
     params.remove_prefix(1);
@@ -139,8 +129,7 @@ Result<std::vector<TableLine>> parse_table(std::string_view text) {
   while (!text.empty()) {
     const std::size_t end = text.find('\n');
     const std::string_view line = text.substr(0, end);
-    text = end == std::string_view::npos ? std::string_view()
-                                         : text.substr(end + 1);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
     if (split_fields(line).empty()) continue;
     auto parsed = parse_table_line(line);
     if (!parsed) return std::unexpected(std::move(parsed).error());
@@ -150,8 +139,8 @@ Result<std::vector<TableLine>> parse_table(std::string_view text) {
 }
 
 std::string format_table_line(const TableLine& line) {
-  std::string out = std::to_string(line.start) + " " +
-                    std::to_string(line.length) + " " + line.target;
+  std::string out =
+      std::to_string(line.start) + " " + std::to_string(line.length) + " " + line.target;
   if (!line.params.empty()) out += " " + line.params;
   return out;
 }
@@ -160,15 +149,14 @@ Result<ThinParams> parse_thin_params(std::string_view params) {
   const auto fields = split_fields(params);
   if (fields.size() < 2 || fields.size() > 3)
     return std::unexpected(
-        make_error(ErrorKind::invalid,
-                   "thin target parameters \"" + std::string(params) +
-                       "\": need <pool dev> <dev id> [<external origin dev>]"));
+        make_error(ErrorKind::invalid, "thin target parameters \"" + std::string(params) +
+                                           "\": need <pool dev> <dev id> [<external origin dev>]"));
   ThinParams out;
   out.pool = std::string(fields[0]);
   if (!parse_u64(fields[1], out.device_id))
     return std::unexpected(make_error(
-        ErrorKind::invalid, "thin target parameters \"" + std::string(params) +
-                                "\": device id is not a number"));
+        ErrorKind::invalid,
+        "thin target parameters \"" + std::string(params) + "\": device id is not a number"));
   if (fields.size() == 3) out.external_origin = std::string(fields[2]);
   return out;
 }
@@ -176,8 +164,8 @@ Result<ThinParams> parse_thin_params(std::string_view params) {
 std::optional<DeviceRef> device_from_source(std::string_view source) {
   if (source.starts_with(kMapperDir)) {
     const std::string_view name = source.substr(kMapperDir.size());
-    if (name.empty() || name == "control" ||
-        name.find('/') != std::string_view::npos || name == "." || name == "..")
+    if (name.empty() || name == "control" || name.find('/') != std::string_view::npos ||
+        name == "." || name == "..")
       return std::nullopt;
     return DeviceRef{std::string(source), std::string(name)};
   }
@@ -200,15 +188,12 @@ std::string unavailable_reason() {
   struct stat st {};
   if (::stat(control.c_str(), &st) != 0)
     return std::string(kNotAvailable) + ": no " + control +
-           (errno == ENOENT ? std::string()
-                            : std::string(" (") + std::strerror(errno) + ")");
+           (errno == ENOENT ? std::string() : std::string(" (") + std::strerror(errno) + ")");
   if (!S_ISCHR(st.st_mode))
-    return std::string(kNotAvailable) + ": " + control +
-           " is not a character device";
+    return std::string(kNotAvailable) + ": " + control + " is not a character device";
   const int fd = ::open(control.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0)
-    return std::string(kNotAvailable) + ": cannot open " + control + ": " +
-           std::strerror(errno);
+    return std::string(kNotAvailable) + ": cannot open " + control + ": " + std::strerror(errno);
   ::close(fd);
   return {};
 }
@@ -223,8 +208,7 @@ Result<Info> info(const Query& query) {
   dm_info raw{};
   if (dm_task_get_info(task->get(), &raw) == 0)
     return std::unexpected(make_error(
-        ErrorKind::internal,
-        "dmsetup info " + query.describe() + ": no info in the answer"));
+        ErrorKind::internal, "dmsetup info " + query.describe() + ": no info in the answer"));
   Info out;
   out.exists = raw.exists != 0;
   if (!out.exists) return out;
@@ -238,10 +222,8 @@ Result<Info> info(const Query& query) {
   out.event_nr = raw.event_nr;
   out.major = raw.major;
   out.minor = raw.minor;
-  if (const char* name = dm_task_get_name(task->get()); name != nullptr)
-    out.name = name;
-  if (const char* uuid = dm_task_get_uuid(task->get()); uuid != nullptr)
-    out.uuid = uuid;
+  if (const char* name = dm_task_get_name(task->get()); name != nullptr) out.name = name;
+  if (const char* uuid = dm_task_get_uuid(task->get()); uuid != nullptr) out.uuid = uuid;
   return out;
 }
 
@@ -251,8 +233,7 @@ Result<std::vector<TableLine>> table(const Query& query) {
   dm_info raw{};
   if (dm_task_get_info(task->get(), &raw) == 0 || raw.exists == 0)
     return std::unexpected(make_error(
-        ErrorKind::not_found,
-        "dmsetup table " + query.describe() + ": no such device", ENXIO));
+        ErrorKind::not_found, "dmsetup table " + query.describe() + ": no such device", ENXIO));
   std::vector<TableLine> out;
   void* next = nullptr;
   do {
@@ -260,34 +241,29 @@ Result<std::vector<TableLine>> table(const Query& query) {
     std::uint64_t length = 0;
     char* type = nullptr;
     char* params = nullptr;
-    next =
-        dm_get_next_target(task->get(), next, &start, &length, &type, &params);
+    next = dm_get_next_target(task->get(), next, &start, &length, &type, &params);
     if (type != nullptr)
-      out.push_back({start, length, type,
-                     params != nullptr ? std::string(params) : std::string()});
+      out.push_back({start, length, type, params != nullptr ? std::string(params) : std::string()});
   } while (next != nullptr);
   return out;
 }
 
-Result<dev_t> wait_for_node(const std::string& path,
-                            std::chrono::milliseconds timeout) {
+Result<dev_t> wait_for_node(const std::string& path, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0) {
       if (!S_ISBLK(st.st_mode))
-        return std::unexpected(make_error(
-            ErrorKind::invalid, path + " is not a block device", ENOTBLK));
+        return std::unexpected(
+            make_error(ErrorKind::invalid, path + " is not a block device", ENOTBLK));
       return st.st_rdev;
     }
-    if (errno != ENOENT)
-      return std::unexpected(errno_error(errno, "device node " + path));
+    if (errno != ENOENT) return std::unexpected(errno_error(errno, "device node " + path));
     if (std::chrono::steady_clock::now() >= deadline)
-      return std::unexpected(
-          make_error(ErrorKind::not_found,
-                     "device node " + path + " did not appear within " +
-                         std::to_string(timeout.count()) + " ms",
-                     ENOENT));
+      return std::unexpected(make_error(ErrorKind::not_found,
+                                        "device node " + path + " did not appear within " +
+                                            std::to_string(timeout.count()) + " ms",
+                                        ENOENT));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
@@ -296,31 +272,27 @@ Status check_view_device(const Info& info, const std::vector<TableLine>& table,
                          std::string_view what) {
   const std::string name(what);
   if (!info.exists)
-    return std::unexpected(
-        make_error(ErrorKind::not_found,
-                   "device-mapper device " + name + " does not exist", ENXIO));
+    return std::unexpected(make_error(ErrorKind::not_found,
+                                      "device-mapper device " + name + " does not exist", ENXIO));
   if (!info.live_table)
-    return std::unexpected(make_error(
-        ErrorKind::precondition,
-        "device-mapper device " + name + " is not active (no live table)"));
-  if (info.suspended)
     return std::unexpected(
-        make_error(ErrorKind::busy,
-                   "device-mapper device " + name +
-                       " is suspended (reads would block until it is resumed)",
-                   EBUSY));
+        make_error(ErrorKind::precondition,
+                   "device-mapper device " + name + " is not active (no live table)"));
+  if (info.suspended)
+    return std::unexpected(make_error(
+        ErrorKind::busy,
+        "device-mapper device " + name + " is suspended (reads would block until it is resumed)",
+        EBUSY));
   if (table.size() != 1)
     return std::unexpected(make_error(
-        ErrorKind::precondition,
-        "device-mapper device " + name + " has " +
-            std::to_string(table.size()) +
-            " targets; a devmapper snapshotter view is one thin target"));
+        ErrorKind::precondition, "device-mapper device " + name + " has " +
+                                     std::to_string(table.size()) +
+                                     " targets; a devmapper snapshotter view is one thin target"));
   if (table.front().target != kThinTarget)
-    return std::unexpected(make_error(
-        ErrorKind::precondition,
-        "device-mapper device " + name + " has target \"" +
-            table.front().target +
-            R"(", not "thin"; a devmapper snapshotter view is a thin device)"));
+    return std::unexpected(
+        make_error(ErrorKind::precondition,
+                   "device-mapper device " + name + " has target \"" + table.front().target +
+                       R"(", not "thin"; a devmapper snapshotter view is a thin device)"));
   return {};
 }
 
@@ -345,8 +317,7 @@ const char* hold_name(Hold hold) {
   return "unknown";
 }
 
-Result<Inspection> inspect(const DeviceRef& device,
-                           std::chrono::milliseconds node_timeout) {
+Result<Inspection> inspect(const DeviceRef& device, std::chrono::milliseconds node_timeout) {
   Inspection out;
   out.device = device.path;
   if (auto why = unavailable_reason(); !why.empty()) {
@@ -361,9 +332,9 @@ Result<Inspection> inspect(const DeviceRef& device,
   // whatever name it goes by.
   const Query query{{}, ::major(*dev), ::minor(*dev)};
   if (dm_is_dm_major(query.major) == 0)
-    return std::unexpected(make_error(ErrorKind::precondition,
-                                      device.path + " (" + query.describe() +
-                                          ") is not a device-mapper device"));
+    return std::unexpected(
+        make_error(ErrorKind::precondition,
+                   device.path + " (" + query.describe() + ") is not a device-mapper device"));
   auto got = info(query);
   if (!got) return std::unexpected(std::move(got).error());
   out.info = std::move(*got);
@@ -372,12 +343,10 @@ Result<Inspection> inspect(const DeviceRef& device,
     if (!lines) return std::unexpected(std::move(lines).error());
     out.table = std::move(*lines);
   }
-  const std::string what =
-      device.path + (out.info.name.empty() ? "" : " (" + out.info.name + ")");
+  const std::string what = device.path + (out.info.name.empty() ? "" : " (" + out.info.name + ")");
   UB_TRY(check_view_device(out.info, out.table, what));
   auto thin = parse_thin_params(out.table.front().params);
-  if (!thin)
-    return std::unexpected(std::move(thin).error().at("dmsetup table " + what));
+  if (!thin) return std::unexpected(std::move(thin).error().at("dmsetup table " + what));
   out.thin = std::move(*thin);
   out.check = "ok";
   return out;
@@ -391,9 +360,8 @@ bool process_holds(dev_t dev) {
   while (const dirent* entry = ::readdir(dir)) {
     if (entry->d_name[0] == '.') continue;
     int fd = -1;
-    if (std::from_chars(entry->d_name,
-                        entry->d_name + std::strlen(entry->d_name), fd)
-                .ec != std::errc() ||
+    if (std::from_chars(entry->d_name, entry->d_name + std::strlen(entry->d_name), fd).ec !=
+            std::errc() ||
         fd == self)
       continue;
     struct stat st {};
@@ -407,28 +375,22 @@ bool process_holds(dev_t dev) {
   return held;
 }
 
-Result<Hold> confirm_released(const Inspection& inspection,
-                              std::chrono::milliseconds timeout) {
+Result<Hold> confirm_released(const Inspection& inspection, std::chrono::milliseconds timeout) {
   if (inspection.skipped || inspection.dev == 0)
-    return std::unexpected(
-        make_error(ErrorKind::unavailable, inspection.check.empty()
-                                               ? std::string(kNotAvailable)
-                                               : inspection.check));
+    return std::unexpected(make_error(ErrorKind::unavailable, inspection.check.empty()
+                                                                  ? std::string(kNotAvailable)
+                                                                  : inspection.check));
   const Query query{{}, ::major(inspection.dev), ::minor(inspection.dev)};
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
     const bool ours = process_holds(inspection.dev);
     auto after = info(query);
-    if (!after)
-      return std::unexpected(std::move(after).error().at("confirm release"));
+    if (!after) return std::unexpected(std::move(after).error().at("confirm release"));
     // The same number under another name is another device: ours is gone.
-    if (after->exists && !inspection.info.name.empty() &&
-        after->name != inspection.info.name)
+    if (after->exists && !inspection.info.name.empty() && after->name != inspection.info.name)
       after->exists = false;
     const Hold hold = classify_release(*after, ours);
-    if (hold != Hold::held_by_others ||
-        std::chrono::steady_clock::now() >= deadline)
-      return hold;
+    if (hold != Hold::held_by_others || std::chrono::steady_clock::now() >= deadline) return hold;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

@@ -28,8 +28,7 @@ constexpr std::array kPropagationOptions = {
 // Overlay parameters that only change how lower layers are looked up; none
 // of them can make the mount writable or reach outside the layers.
 constexpr std::array kOverlayKeyed = {
-    "index"sv,      "redirect_dir"sv, "metacopy"sv, "xino"sv,
-    "nfs_export"sv, "uuid"sv,         "verity"sv,
+    "index"sv, "redirect_dir"sv, "metacopy"sv, "xino"sv, "nfs_export"sv, "uuid"sv, "verity"sv,
 };
 constexpr std::array kOverlayFlags = {"userxattr"sv, "volatile"sv};
 
@@ -39,8 +38,7 @@ struct BlockFs {
   std::span<const std::string_view> keyed;
 };
 
-constexpr std::array kExt4Flags = {"noload"sv, "norecovery"sv, "user_xattr"sv,
-                                   "acl"sv, "noacl"sv};
+constexpr std::array kExt4Flags = {"noload"sv, "norecovery"sv, "user_xattr"sv, "acl"sv, "noacl"sv};
 constexpr std::array kXfsFlags = {"nouuid"sv, "norecovery"sv};
 constexpr std::array kBtrfsKeyed = {"subvolid"sv, "subvol"sv};
 constexpr std::array kErofsFlags = {"user_xattr"sv, "acl"sv, "noacl"sv};
@@ -80,15 +78,14 @@ std::string quoted(std::string_view s) {
 }
 
 Error unsupported_option(std::string_view option, std::string_view type) {
-  return make_error(ErrorKind::invalid, "unsupported option " + quoted(option) +
-                                            " for mount type " + quoted(type));
+  return make_error(ErrorKind::invalid,
+                    "unsupported option " + quoted(option) + " for mount type " + quoted(type));
 }
 
 Status require_absolute(std::string_view what, std::string_view path) {
   if (path.empty() || path.front() != '/') {
     return std::unexpected(make_error(
-        ErrorKind::invalid,
-        std::string(what) + " " + quoted(path) + " is not an absolute path"));
+        ErrorKind::invalid, std::string(what) + " " + quoted(path) + " is not an absolute path"));
   }
   return {};
 }
@@ -106,12 +103,11 @@ Result<MountPlan> plan_bind(const Mount& mount) {
   for (const auto& option : mount.options) {
     if (option == "rbind") {
       plan.recursive = true;
-    } else if (option == "bind" || is_generic(option) ||
-               contains(kPropagationOptions, option)) {
+    } else if (option == "bind" || is_generic(option) || contains(kPropagationOptions, option)) {
       continue;
     } else {
-      return std::unexpected(unsupported_option(
-          option, mount.type.empty() ? std::string_view("bind") : mount.type));
+      return std::unexpected(
+          unsupported_option(option, mount.type.empty() ? std::string_view("bind") : mount.type));
     }
   }
   return plan;
@@ -129,15 +125,13 @@ Result<MountPlan> plan_overlay(const Mount& mount) {
     const auto [key, value] = split_option(option);
     if (key == "upperdir" || key == "workdir") {
       return std::unexpected(make_error(
-          ErrorKind::invalid,
-          "overlay option " + quoted(option) +
-              ": a view has no upperdir or workdir (is this an active "
-              "snapshot?)"));
+          ErrorKind::invalid, "overlay option " + quoted(option) +
+                                  ": a view has no upperdir or workdir (is this an active "
+                                  "snapshot?)"));
     }
     if (key == "lowerdir" && value) {
       if (have_lowerdir) {
-        return std::unexpected(
-            make_error(ErrorKind::invalid, "overlay has lowerdir twice"));
+        return std::unexpected(make_error(ErrorKind::invalid, "overlay has lowerdir twice"));
       }
       have_lowerdir = true;
       std::string_view rest = *value;
@@ -162,8 +156,7 @@ Result<MountPlan> plan_overlay(const Mount& mount) {
     return std::unexpected(unsupported_option(option, "overlay"));
   }
   if (!have_lowerdir) {
-    return std::unexpected(
-        make_error(ErrorKind::invalid, "overlay mount without lowerdir"));
+    return std::unexpected(make_error(ErrorKind::invalid, "overlay mount without lowerdir"));
   }
   return plan;
 }
@@ -186,24 +179,21 @@ Result<MountPlan> plan_block(const Mount& mount, const BlockFs& fs) {
     }
     if (value && contains(fs.keyed, key)) {
       if (value->empty()) {
-        return std::unexpected(make_error(
-            ErrorKind::invalid, "option " + quoted(option) + " has no value"));
+        return std::unexpected(
+            make_error(ErrorKind::invalid, "option " + quoted(option) + " has no value"));
       }
-      if (key == "subvolid" && !std::ranges::all_of(*value, [](char c) {
-            return c >= '0' && c <= '9';
-          })) {
+      if (key == "subvolid" &&
+          !std::ranges::all_of(*value, [](char c) { return c >= '0' && c <= '9'; })) {
         return std::unexpected(make_error(
-            ErrorKind::invalid,
-            "option " + quoted(option) + ": subvolid is not a number"));
+            ErrorKind::invalid, "option " + quoted(option) + ": subvolid is not a number"));
       }
       plan.fs_params.emplace_back(key, *value);
       continue;
     }
     return std::unexpected(unsupported_option(option, mount.type));
   }
-  UB_TRY(require_absolute(
-      plan.form == MountPlan::Form::loop_image ? "image file" : "block device",
-      mount.source));
+  UB_TRY(require_absolute(plan.form == MountPlan::Form::loop_image ? "image file" : "block device",
+                          mount.source));
   return plan;
 }
 
@@ -224,8 +214,7 @@ const char* form_name(MountPlan::Form form) {
 }
 
 Result<MountPlan> plan_mount(const Mount& mount) {
-  const bool bind_option =
-      contains(mount.options, "bind") || contains(mount.options, "rbind");
+  const bool bind_option = contains(mount.options, "bind") || contains(mount.options, "rbind");
   // As for mount(8) and containerd's mount code, a bind option makes the
   // type irrelevant (the kernel ignores it with MS_BIND).
   if (mount.type == "bind" || mount.type == "rbind" || bind_option) {
@@ -236,8 +225,8 @@ Result<MountPlan> plan_mount(const Mount& mount) {
     if (mount.type == fs.type) return plan_block(mount, fs);
   }
   return std::unexpected(make_error(
-      ErrorKind::invalid, "unsupported mount type " + quoted(mount.type) +
-                              " (source " + quoted(mount.source) + ")"));
+      ErrorKind::invalid,
+      "unsupported mount type " + quoted(mount.type) + " (source " + quoted(mount.source) + ")"));
 }
 
 }  // namespace urunc::bootfs::snapshot

@@ -1,5 +1,4 @@
 #include "urunc_bootfs/snapshot/owner.h"
-#include "urunc_bootfs/process.h"
 
 #include <fcntl.h>
 #include <sys/random.h>
@@ -12,6 +11,7 @@
 #include <random>
 #include <string>
 
+#include "urunc_bootfs/process.h"
 #include "urunc_bootfs/unique_fd.h"
 
 namespace urunc::bootfs::snapshot {
@@ -47,31 +47,28 @@ bool parse_int(std::string_view text, Int& out) {
 }
 
 Error bad_owner(std::string_view value, std::string_view why) {
-  return make_error(ErrorKind::invalid, "owner label \"" + std::string(value) +
-                                            "\": " + std::string(why));
+  return make_error(ErrorKind::invalid,
+                    "owner label \"" + std::string(value) + "\": " + std::string(why));
 }
 
 }  // namespace
 
 std::string owner_label_value(const OwnerId& owner) {
-  return owner.boot_id + ":" + std::to_string(owner.pid) + ":" +
-         std::to_string(owner.start_time);
+  return owner.boot_id + ":" + std::to_string(owner.pid) + ":" + std::to_string(owner.start_time);
 }
 
 Result<OwnerId> parse_owner(std::string_view value) {
   const auto first = value.find(':');
   const auto last = value.rfind(':');
   if (first == std::string_view::npos || first == last) {
-    return std::unexpected(
-        bad_owner(value, "expected <boot_id>:<pid>:<start_time>"));
+    return std::unexpected(bad_owner(value, "expected <boot_id>:<pid>:<start_time>"));
   }
   OwnerId owner;
   owner.boot_id = std::string(value.substr(0, first));
   if (owner.boot_id.empty()) {
     return std::unexpected(bad_owner(value, "empty boot id"));
   }
-  if (!parse_int(value.substr(first + 1, last - first - 1), owner.pid) ||
-      owner.pid <= 0) {
+  if (!parse_int(value.substr(first + 1, last - first - 1), owner.pid) || owner.pid <= 0) {
     return std::unexpected(bad_owner(value, "pid is not a positive number"));
   }
   if (!parse_int(value.substr(last + 1), owner.start_time)) {
@@ -83,13 +80,11 @@ Result<OwnerId> parse_owner(std::string_view value) {
 Result<std::string> current_boot_id() {
   auto content = read_small_file(std::string(kBootIdPath));
   if (!content) return std::unexpected(std::move(content).error());
-  while (!content->empty() &&
-         (content->back() == '\n' || content->back() == ' ')) {
+  while (!content->empty() && (content->back() == '\n' || content->back() == ' ')) {
     content->pop_back();
   }
   if (content->empty()) {
-    return std::unexpected(make_error(ErrorKind::internal,
-                                      std::string(kBootIdPath) + " is empty"));
+    return std::unexpected(make_error(ErrorKind::internal, std::string(kBootIdPath) + " is empty"));
   }
   return std::move(*content);
 }
@@ -102,8 +97,7 @@ Result<std::uint64_t> process_start_time(pid_t pid) {
   // the fields after it start after the last ')'.
   const auto paren = stat->rfind(')');
   if (paren == std::string::npos) {
-    return std::unexpected(
-        make_error(ErrorKind::internal, path + " has no comm field"));
+    return std::unexpected(make_error(ErrorKind::internal, path + " has no comm field"));
   }
   std::string_view rest = std::string_view(*stat).substr(paren + 1);
   // rest begins with field 3 (state); starttime is field 22.
@@ -122,8 +116,7 @@ Result<std::uint64_t> process_start_time(pid_t pid) {
     if (end == std::string_view::npos) break;
     rest.remove_prefix(end);
   }
-  return std::unexpected(
-      make_error(ErrorKind::internal, path + " has no start time field"));
+  return std::unexpected(make_error(ErrorKind::internal, path + " has no start time field"));
 }
 
 Result<OwnerId> current_owner() {
@@ -165,14 +158,13 @@ std::string unique_key() {
   const auto ns = static_cast<std::uint64_t>(now.tv_sec) * 1'000'000'000U +
                   static_cast<std::uint64_t>(now.tv_nsec);
   std::uint32_t random = 0;
-  if (::getrandom(&random, sizeof random, GRND_NONBLOCK) !=
-      static_cast<ssize_t>(sizeof random)) {
+  if (::getrandom(&random, sizeof random, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof random)) {
     random = std::random_device{}();
   }
   char hex[9];
   std::snprintf(hex, sizeof hex, "%08x", random);
-  return std::string(kKeyPrefix) + boot8 + "-" + std::to_string(::getpid()) +
-         "-" + std::to_string(ns) + "-" + hex;
+  return std::string(kKeyPrefix) + boot8 + "-" + std::to_string(::getpid()) + "-" +
+         std::to_string(ns) + "-" + hex;
 }
 
 }  // namespace urunc::bootfs::snapshot

@@ -48,8 +48,7 @@ std::string grpc_code_name(int grpc_code) {
   return "CODE_" + std::to_string(grpc_code);
 }
 
-Error grpc_error(int grpc_code, std::string_view grpc_message,
-                 std::string_view what) {
+Error grpc_error(int grpc_code, std::string_view grpc_message, std::string_view what) {
   ErrorKind kind = ErrorKind::internal;
   switch (static_cast<grpc::StatusCode>(grpc_code)) {
     case grpc::StatusCode::NOT_FOUND:

@@ -52,8 +52,7 @@ struct DirEntry {
 class ArtifactFs {
  public:
   // Takes ownership of the opened files. Fails if their paths collide.
-  [[nodiscard]] static Result<std::unique_ptr<ArtifactFs>> create(
-      std::vector<OpenArtifact> files);
+  [[nodiscard]] static Result<std::unique_ptr<ArtifactFs>> create(std::vector<OpenArtifact> files);
 
   [[nodiscard]] Result<const Node*> lookup(Ino parent, std::string_view name) const;
   [[nodiscard]] Result<struct stat> getattr(Ino ino) const;

@@ -23,10 +23,8 @@
 namespace urunc::bootfs {
 
 inline constexpr std::string_view kAnnotationPrefix = "com.urunc.unikernel.";
-inline constexpr std::string_view kAnnotationBinary =
-    "com.urunc.unikernel.binary";
-inline constexpr std::string_view kAnnotationInitrd =
-    "com.urunc.unikernel.initrd";
+inline constexpr std::string_view kAnnotationBinary = "com.urunc.unikernel.binary";
+inline constexpr std::string_view kAnnotationInitrd = "com.urunc.unikernel.initrd";
 inline constexpr std::string_view kUruncJsonPath = "/urunc.json";
 // urunc.json is a handful of short keys; anything larger is hostile.
 inline constexpr std::size_t kMaxUruncJsonBytes = std::size_t{1} << 20;
@@ -51,8 +49,7 @@ using Annotations = std::map<std::string, std::string, std::less<>>;
 
 // Reads "annotations" from <bundle>/config.json (plain strings). A bundle
 // without annotations gives an empty map.
-[[nodiscard]] Result<Annotations> read_bundle_annotations(
-    const std::filesystem::path& bundle);
+[[nodiscard]] Result<Annotations> read_bundle_annotations(const std::filesystem::path& bundle);
 
 enum class ArtifactRole { kernel, initrd, urunc_json };
 [[nodiscard]] const char* role_name(ArtifactRole role);

@@ -45,8 +45,7 @@ template <class T>
 using Result = std::expected<T, Error>;
 using Status = std::expected<void, Error>;
 
-[[nodiscard]] Error make_error(ErrorKind kind, std::string message,
-                               int sys_errno = 0);
+[[nodiscard]] Error make_error(ErrorKind kind, std::string message, int sys_errno = 0);
 // Classifies errno into a kind (ENOENT -> not_found, EACCES -> permission...)
 // and appends strerror to the message.
 [[nodiscard]] Error errno_error(int err, std::string message);
@@ -72,8 +71,8 @@ inline constexpr int kConflict = 7;  // already exists, busy, precondition
 }  // namespace urunc::bootfs
 
 // Propagates the error of a Status/Result expression.
-#define UB_TRY(expr)                                      \
-  do {                                                    \
-    if (auto ub_try_result_ = (expr); !ub_try_result_)    \
+#define UB_TRY(expr)                                             \
+  do {                                                           \
+    if (auto ub_try_result_ = (expr); !ub_try_result_)           \
       return std::unexpected(std::move(ub_try_result_).error()); \
   } while (false)

@@ -16,8 +16,7 @@
 namespace urunc::bootfs::fuse_proto {
 
 inline constexpr std::uint32_t kProtocolMajor = 7;
-inline constexpr std::uint32_t kPassthroughMinor =
-    40;  // first minor with passthrough
+inline constexpr std::uint32_t kPassthroughMinor = 40;  // first minor with passthrough
 
 // Opcodes (enum fuse_opcode).
 inline constexpr std::uint32_t kOpOpen = 14;
@@ -26,10 +25,8 @@ inline constexpr std::uint32_t kOpInit = 26;
 // INIT flags. With FUSE_INIT_EXT, bits 32..63 travel in `flags2`.
 inline constexpr std::uint64_t kInitExt = 1ULL << 30;
 inline constexpr std::uint64_t kPassthrough = 1ULL << 37;  // flags2 bit 5
-inline constexpr std::uint32_t kPassthroughFlags2 =
-    static_cast<std::uint32_t>(kPassthrough >> 32);
-inline constexpr std::uint64_t kWritebackCache = 1ULL
-                                                 << 16;  // excludes passthrough
+inline constexpr std::uint32_t kPassthroughFlags2 = static_cast<std::uint32_t>(kPassthrough >> 32);
+inline constexpr std::uint64_t kWritebackCache = 1ULL << 16;  // excludes passthrough
 
 // FOPEN_* flags in fuse_open_out.open_flags.
 inline constexpr std::uint32_t kFopenKeepCache = 1U << 1;
@@ -85,8 +82,7 @@ struct InitOut {
   std::uint32_t flags2;
   std::uint32_t max_stack_depth;
 };
-static_assert(offsetof(InitOut, flags2) == 32 &&
-              offsetof(InitOut, max_stack_depth) == 36);
+static_assert(offsetof(InitOut, flags2) == 32 && offsetof(InitOut, max_stack_depth) == 36);
 
 // fuse_open_out: 7.40 turned the padding after open_flags into backing_id.
 struct OpenOut {
@@ -106,7 +102,6 @@ static_assert(sizeof(BackingMap) == 16);
 // ioctls on the /dev/fuse fd (FUSE_DEV_IOC_MAGIC 229). Both need
 // CAP_SYS_ADMIN and an INIT reply that enabled passthrough.
 inline constexpr unsigned long kDevIocBackingOpen = _IOW(229, 1, BackingMap);
-inline constexpr unsigned long kDevIocBackingClose =
-    _IOW(229, 2, std::uint32_t);
+inline constexpr unsigned long kDevIocBackingClose = _IOW(229, 2, std::uint32_t);
 
 }  // namespace urunc::bootfs::fuse_proto

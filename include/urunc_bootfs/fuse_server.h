@@ -44,8 +44,8 @@ struct FuseOptions {
 class FuseServer {
  public:
   // Creates the session and mounts it. Nothing is mounted on failure.
-  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> mount(
-      ArtifactFs& fs, FuseOptions options);
+  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> mount(ArtifactFs& fs,
+                                                                 FuseOptions options);
   ~FuseServer();
   FuseServer(const FuseServer&) = delete;
   FuseServer& operator=(const FuseServer&) = delete;

@@ -36,8 +36,7 @@ using PathProbe = std::function<Result<PathNode>(const std::string& clean_path)>
 
 // Pure resolution of an image path to a symlink-free one, given a probe.
 // Returns an absolute clean path ("/a/b").
-[[nodiscard]] Result<std::string> resolve_image_path(std::string_view path,
-                                                     const PathProbe& probe);
+[[nodiscard]] Result<std::string> resolve_image_path(std::string_view path, const PathProbe& probe);
 
 struct OpenArtifact {
   ArtifactRef ref;
@@ -49,14 +48,12 @@ struct OpenArtifact {
 // Opens one image path under root_fd: resolves it, opens it read-only and
 // non-blocking (a FIFO must not hang the mount), and accepts only regular
 // files. Errors name the role and the path.
-[[nodiscard]] Result<OpenArtifact> open_artifact(int root_fd,
-                                                 const ArtifactRef& ref);
-[[nodiscard]] Result<std::vector<OpenArtifact>> open_artifacts(
-    int root_fd, const ArtifactSet& set);
+[[nodiscard]] Result<OpenArtifact> open_artifact(int root_fd, const ArtifactRef& ref);
+[[nodiscard]] Result<std::vector<OpenArtifact>> open_artifacts(int root_fd, const ArtifactSet& set);
 
 // Reads a small file (urunc.json) inside the image under the same rules.
 // nullopt when it does not exist.
-[[nodiscard]] Result<std::optional<std::string>> read_image_file(
-    int root_fd, std::string_view path, std::size_t limit);
+[[nodiscard]] Result<std::optional<std::string>> read_image_file(int root_fd, std::string_view path,
+                                                                 std::size_t limit);
 
 }  // namespace urunc::bootfs

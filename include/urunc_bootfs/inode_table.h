@@ -25,7 +25,7 @@ using Ino = std::uint64_t;
 inline constexpr Ino kRootIno = 1;
 
 struct TableEntry {
-  std::string path;  // validated absolute image path
+  std::string path;   // validated absolute image path
   struct stat st {};  // the backing file's stat at mount time
 };
 

@@ -86,9 +86,8 @@ class E2e : public ::testing::Test {
       ::setenv("URUNC_BOOTFS_CACHE", kDefaultKernelCache, 1);
     work_ = std::make_unique<TempDir>("urunc-bootfs-e2e-image");
     const fs::path tar = *work_ / "minivm.tar";
-    auto r = run({script_path("make-boot-image.sh").string(), "--work",
-                  (*work_ / "image").string(), "--out", tar.string(), "--name",
-                  "urunc-bootfs/minivm:e2e"},
+    auto r = run({script_path("make-boot-image.sh").string(), "--work", (*work_ / "image").string(),
+                  "--out", tar.string(), "--name", "urunc-bootfs/minivm:e2e"},
                  {}, std::chrono::minutes(15));
     if (r.exit_code == 77) {
       skip_reason_ = "no kernel to boot: " + last_line(r.err);
@@ -109,16 +108,13 @@ class E2e : public ::testing::Test {
                        .kernel_file = kv["KERNEL_FILE"],
                        .initrd_file = kv["INITRD_FILE"],
                        .tar = tar};
-    if (image_->image.empty() || image_->kernel_sha.empty() ||
-        image_->marker.empty())
-      setup_error_ =
-          "make-boot-image.sh printed no IMAGE/KERNEL_SHA256/MARKER:\n" + r.out;
+    if (image_->image.empty() || image_->kernel_sha.empty() || image_->marker.empty())
+      setup_error_ = "make-boot-image.sh printed no IMAGE/KERNEL_SHA256/MARKER:\n" + r.out;
   }
 
   static void TearDownTestSuite() {
     if (containerd_) {
-      if (!containerd_->stop())
-        std::cerr << "private containerd: something was left behind\n";
+      if (!containerd_->stop()) std::cerr << "private containerd: something was left behind\n";
       containerd_.reset();
     }
     work_.reset();
@@ -133,16 +129,14 @@ class E2e : public ::testing::Test {
   // The suite's private containerd with the image imported (started on first
   // use: the --source-dir test does without).
   static PrivateContainerd* containerd() {
-    if (containerd_)
-      return containerd_error_.empty() ? containerd_.get() : nullptr;
+    if (containerd_) return containerd_error_.empty() ? containerd_.get() : nullptr;
     if (auto why = PrivateContainerd::skip_reason(); !why.empty()) {
       containerd_skip_ = why;
       return nullptr;
     }
     containerd_ = std::make_unique<PrivateContainerd>();
-    auto r =
-        containerd_->ctr_ns(kNamespace, {"images", "import", "--snapshotter",
-                                         kSnapshotter, image_->tar.string()});
+    auto r = containerd_->ctr_ns(
+        kNamespace, {"images", "import", "--snapshotter", kSnapshotter, image_->tar.string()});
     if (!r.ok()) {
       containerd_error_ = "ctr images import: " + r.describe();
       return nullptr;
@@ -152,17 +146,16 @@ class E2e : public ::testing::Test {
 
   // ctr containers create IMAGE ID, as a runtime's client would.
   static void create_container(const std::string& id) {
-    auto r = containerd_->ctr_ns(
-        kNamespace, {"containers", "create", "--snapshotter", kSnapshotter,
-                     "--runtime", "io.containerd.urunc.v2", image_->image, id});
+    auto r =
+        containerd_->ctr_ns(kNamespace, {"containers", "create", "--snapshotter", kSnapshotter,
+                                         "--runtime", "io.containerd.urunc.v2", image_->image, id});
     ASSERT_TRUE(r.ok()) << r.describe();
   }
 
   static std::string host_skip_reason() {
     if (!is_root()) return "needs root (FUSE, bind mounts, containerd)";
     if (!have_program(kQemu))
-      return std::string(kQemu) +
-             " not installed (apt-get install qemu-system-x86)";
+      return std::string(kQemu) + " not installed (apt-get install qemu-system-x86)";
     if (!have_program("timeout")) return "timeout(1) not installed";
     return {};
   }
@@ -184,10 +177,9 @@ class E2e : public ::testing::Test {
   static inline std::unique_ptr<PrivateContainerd> containerd_;
 };
 
-#define NEED_CONTAINERD()                           \
-  PrivateContainerd* ctrd = containerd();           \
-  if (ctrd == nullptr && !containerd_skip_.empty()) \
-    GTEST_SKIP() << containerd_skip_;               \
+#define NEED_CONTAINERD()                                                             \
+  PrivateContainerd* ctrd = containerd();                                             \
+  if (ctrd == nullptr && !containerd_skip_.empty()) GTEST_SKIP() << containerd_skip_; \
   ASSERT_NE(ctrd, nullptr) << containerd_error_
 
 // ------------------------------------------------------------------ helpers
@@ -200,8 +192,7 @@ fs::path mount_private_tmpfs(const TempDir& dir) {
   fs::create_directory(run);
   if (::mount("urunc-bootfs-e2e", run.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
               "size=64m,mode=0711") != 0)
-    throw std::runtime_error("mount tmpfs at " + run.string() + ": " +
-                             std::strerror(errno));
+    throw std::runtime_error("mount tmpfs at " + run.string() + ": " + std::strerror(errno));
   return run;
 }
 
@@ -210,8 +201,7 @@ fs::path mount_private_tmpfs(const TempDir& dir) {
 void write_config_json(const fs::path& bundle, const BootImage& img) {
   nlohmann::json doc = {
       {"ociVersion", "1.0.2"},
-      {"process",
-       {{"user", {{"uid", 0}, {"gid", 0}}}, {"args", {"/init"}}, {"cwd", "/"}}},
+      {"process", {{"user", {{"uid", 0}, {"gid", 0}}}, {"args", {"/init"}}, {"cwd", "/"}}},
       {"root", {{"path", "rootfs"}, {"readonly", true}}},
       {"annotations",
        {{"com.urunc.unikernel.unikernelType", "linux"},
@@ -225,15 +215,13 @@ void write_config_json(const fs::path& bundle, const BootImage& img) {
 
 std::uintmax_t used_bytes(const fs::path& path) {
   struct statvfs s {};
-  if (::statvfs(path.c_str(), &s) != 0)
-    throw std::runtime_error("statvfs " + path.string());
+  if (::statvfs(path.c_str(), &s) != 0) throw std::runtime_error("statvfs " + path.string());
   return static_cast<std::uintmax_t>(s.f_blocks - s.f_bfree) * s.f_frsize;
 }
 
 dev_t device_of(const fs::path& path) {
   struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0)
-    throw std::runtime_error("lstat " + path.string());
+  if (::lstat(path.c_str(), &st) != 0) throw std::runtime_error("lstat " + path.string());
   return st.st_dev;
 }
 
@@ -248,8 +236,7 @@ std::map<std::string, std::uintmax_t> files_on_fs(const fs::path& root) {
   std::map<std::string, std::uintmax_t> out;
   const dev_t dev = device_of(root);
   std::error_code ec;
-  fs::recursive_directory_iterator it(
-      root, fs::directory_options::skip_permission_denied, ec);
+  fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec);
   for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     struct stat st {};
     if (::lstat(it->path().c_str(), &st) != 0) continue;
@@ -257,16 +244,15 @@ std::map<std::string, std::uintmax_t> files_on_fs(const fs::path& root) {
       if (S_ISDIR(st.st_mode)) it.disable_recursion_pending();
       continue;
     }
-    if (S_ISREG(st.st_mode))
-      out[it->path().string()] = static_cast<std::uintmax_t>(st.st_size);
+    if (S_ISREG(st.st_mode)) out[it->path().string()] = static_cast<std::uintmax_t>(st.st_size);
   }
   return out;
 }
 
 // "path (+N B)" for every file that appeared or grew between two listings.
-std::vector<std::string> grown(
-    const std::map<std::string, std::uintmax_t>& before,
-    const std::map<std::string, std::uintmax_t>& after, std::uintmax_t* bytes) {
+std::vector<std::string> grown(const std::map<std::string, std::uintmax_t>& before,
+                               const std::map<std::string, std::uintmax_t>& after,
+                               std::uintmax_t* bytes) {
   std::vector<std::string> out;
   *bytes = 0;
   for (const auto& [path, size] : after) {
@@ -274,8 +260,7 @@ std::vector<std::string> grown(
     const std::uintmax_t was = it == before.end() ? 0 : it->second;
     if (size > was || it == before.end()) {
       *bytes += size - std::min(size, was);
-      out.push_back(path + " (+" + std::to_string(size - std::min(size, was)) +
-                    " B)");
+      out.push_back(path + " (+" + std::to_string(size - std::min(size, was)) + " B)");
     }
   }
   return out;
@@ -283,8 +268,7 @@ std::vector<std::string> grown(
 
 // Files on the filesystems of `roots` whose content is one of the artifacts
 // (same size, then same sha256).
-std::set<std::string> artifact_copies(const std::vector<fs::path>& roots,
-                                      const BootImage& img) {
+std::set<std::string> artifact_copies(const std::vector<fs::path>& roots, const BootImage& img) {
   const std::uintmax_t ksize = fs::file_size(img.kernel_file);
   const std::uintmax_t isize = fs::file_size(img.initrd_file);
   std::set<std::string> out;
@@ -321,21 +305,17 @@ class MonRootfs {
 
   // Returns an error text, empty on success.
   std::string bind(const std::string& image_path) {
-    const fs::path src =
-        bundle_ / "boot" / fs::path(image_path).relative_path();
-    const fs::path dst =
-        bundle_ / "monRootfs" / fs::path(image_path).relative_path();
+    const fs::path src = bundle_ / "boot" / fs::path(image_path).relative_path();
+    const fs::path dst = bundle_ / "monRootfs" / fs::path(image_path).relative_path();
     std::error_code ec;
     fs::create_directories(dst.parent_path(), ec);
     if (ec) return "mkdir " + dst.parent_path().string() + ": " + ec.message();
     write_file(dst, "");  // an empty file to mount over
     if (::mount(src.c_str(), dst.c_str(), nullptr, MS_BIND, nullptr) != 0)
-      return "bind " + src.string() + " -> " + dst.string() + ": " +
-             std::strerror(errno);
+      return "bind " + src.string() + " -> " + dst.string() + ": " + std::strerror(errno);
     binds_.push_back(dst);
     // MS_BIND ignores MS_RDONLY: read-only takes a remount of the bind.
-    if (::mount(nullptr, dst.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY,
-                nullptr) != 0)
+    if (::mount(nullptr, dst.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) != 0)
       return "remount,bind,ro " + dst.string() + ": " + std::strerror(errno);
     return {};
   }
@@ -349,8 +329,7 @@ class MonRootfs {
     bool ok = true;
     while (!binds_.empty()) {
       if (::umount2(binds_.back().c_str(), 0) != 0) {
-        std::cerr << "umount " << binds_.back() << ": " << std::strerror(errno)
-                  << "\n";
+        std::cerr << "umount " << binds_.back() << ": " << std::strerror(errno) << "\n";
         (void)::umount2(binds_.back().c_str(), MNT_DETACH);
         ok = false;
       }
@@ -373,9 +352,9 @@ struct Boot {
 Boot boot_qemu(const MonRootfs& mon, const BootImage& img) {
   const auto t0 = Clock::now();
   Boot b;
-  b.qemu = run({kQemu, "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
-                "-kernel", mon.path(img.kernel).string(), "-initrd",
-                mon.path(img.initrd).string(), "-append", img.cmdline},
+  b.qemu = run({kQemu, "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-kernel",
+                mon.path(img.kernel).string(), "-initrd", mon.path(img.initrd).string(), "-append",
+                img.cmdline},
                {}, kQemuTimeout);
   b.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return b;
@@ -389,21 +368,19 @@ std::string console_tail(const std::string& out) {
 // No mount of ours left: nothing at or beneath `dir` but the test's own
 // tmpfs `keep`, no urunc-bootfs FUSE mount there, nothing of the private
 // containerd's directory in the table (views are mounted detached, if at all).
-void expect_no_mounts(const fs::path& dir, const fs::path& keep,
-                      const fs::path& ctrd_dir) {
+void expect_no_mounts(const fs::path& dir, const fs::path& keep, const fs::path& ctrd_dir) {
   std::vector<std::string> left;
   for (const auto& mp : mount_points_beneath(dir))
     if (mp != keep.string()) left.push_back(mp);
   EXPECT_TRUE(left.empty()) << "still mounted: " << join(left);
   for (const auto& m : mount_table()) {
-    EXPECT_FALSE(m.fs_type == "fuse.urunc-bootfs" &&
-                 m.mount_point.starts_with(dir.string()))
+    EXPECT_FALSE(m.fs_type == "fuse.urunc-bootfs" && m.mount_point.starts_with(dir.string()))
         << "FUSE mount left: " << m.mount_point;
     if (!ctrd_dir.empty()) {
       EXPECT_TRUE(m.source.find(ctrd_dir.string()) == std::string::npos &&
                   m.super_options.find(ctrd_dir.string()) == std::string::npos)
-          << "a snapshot of the private containerd is mounted at "
-          << m.mount_point << " (" << m.fs_type << ")";
+          << "a snapshot of the private containerd is mounted at " << m.mount_point << " ("
+          << m.fs_type << ")";
     }
   }
 }
@@ -412,27 +389,19 @@ void expect_no_mounts(const fs::path& dir, const fs::path& keep,
 void expect_containerd_clean(const PrivateContainerd& ctrd) {
   auto leases = ctrd.ctr_ns(kNamespace, {"leases", "ls"});
   ASSERT_TRUE(leases.ok()) << leases.describe();
-  EXPECT_EQ(leases.out.find("io.urunc.bootfs/"), std::string::npos)
-      << "lease left:\n"
-      << leases.out;
-  auto snaps = ctrd.ctr_ns(kNamespace,
-                           {"snapshots", "--snapshotter", kSnapshotter, "ls"});
+  EXPECT_EQ(leases.out.find("io.urunc.bootfs/"), std::string::npos) << "lease left:\n"
+                                                                    << leases.out;
+  auto snaps = ctrd.ctr_ns(kNamespace, {"snapshots", "--snapshotter", kSnapshotter, "ls"});
   ASSERT_TRUE(snaps.ok()) << snaps.describe();
-  EXPECT_EQ(snaps.out.find("\nurunc-bootfs/"), std::string::npos)
-      << "view left:\n"
-      << snaps.out;
+  EXPECT_EQ(snaps.out.find("\nurunc-bootfs/"), std::string::npos) << "view left:\n" << snaps.out;
 }
 
-void expect_no_processes(pid_t daemon,
-                         const std::vector<std::string>& needles) {
-  EXPECT_FALSE(pid_alive(daemon))
-      << "the daemon (pid " << daemon << ") is still running";
+void expect_no_processes(pid_t daemon, const std::vector<std::string>& needles) {
+  EXPECT_FALSE(pid_alive(daemon)) << "the daemon (pid " << daemon << ") is still running";
   for (const auto& n : needles) {
     std::vector<std::string> pids;
-    for (pid_t p : pids_with_cmdline_containing(n))
-      pids.push_back(std::to_string(p));
-    EXPECT_TRUE(pids.empty())
-        << "process(es) still naming " << n << ": " << join(pids);
+    for (pid_t p : pids_with_cmdline_containing(n)) pids.push_back(std::to_string(p));
+    EXPECT_TRUE(pids.empty()) << "process(es) still naming " << n << ": " << join(pids);
   }
 }
 
@@ -452,8 +421,8 @@ TEST_F(E2e, BootsFromContainerdViewThroughFuseAndReadOnlyBind) {
   fs::create_directories(bundle);
   write_config_json(bundle, img);
   const fs::path mnt = bundle / "boot";
-  const std::vector<fs::path> copy_roots = {"/run", "/dev/shm", run_dir,
-                                            ctrd->dir(), cli.state_dir()};
+  const std::vector<fs::path> copy_roots = {"/run", "/dev/shm", run_dir, ctrd->dir(),
+                                            cli.state_dir()};
 
   // Before: what the mount, the binds and the boot could write to.
   const auto loops_before = loop_devices_backed_by(ctrd->dir().string());
@@ -466,11 +435,9 @@ TEST_F(E2e, BootsFromContainerdViewThroughFuseAndReadOnlyBind) {
 
   // mount: returns once B/boot answers.
   const auto t0 = Clock::now();
-  auto m =
-      cli({"mount", "--address", ctrd->socket(), "--bundle", bundle.string()});
+  auto m = cli({"mount", "--address", ctrd->socket(), "--bundle", bundle.string()});
   const auto ready_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0)
-          .count();
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
   ASSERT_TRUE(m.ok()) << m.describe();
   auto st = cli.status(mnt.string());
   const pid_t daemon = cli.daemon_pid(mnt.string());
@@ -478,8 +445,7 @@ TEST_F(E2e, BootsFromContainerdViewThroughFuseAndReadOnlyBind) {
   EXPECT_EQ(st["containerd"].value("namespace", ""), kNamespace);
   EXPECT_EQ(st["containerd"].value("container", ""), id);
   EXPECT_EQ(st.value("origin", ""), "annotations");
-  EXPECT_EQ(sha256_file(mnt / fs::path(img.kernel).relative_path()),
-            img.kernel_sha)
+  EXPECT_EQ(sha256_file(mnt / fs::path(img.kernel).relative_path()), img.kernel_sha)
       << "B/boot serves another kernel than the image's top layer";
 
   {
@@ -489,26 +455,23 @@ TEST_F(E2e, BootsFromContainerdViewThroughFuseAndReadOnlyBind) {
       ASSERT_TRUE(err.empty()) << err;
       struct statvfs sv {};
       ASSERT_EQ(::statvfs(mon.path(p).c_str(), &sv), 0);
-      EXPECT_NE(sv.f_flag & ST_RDONLY, 0u)
-          << mon.path(p) << " is not read-only after the remount";
+      EXPECT_NE(sv.f_flag & ST_RDONLY, 0u) << mon.path(p) << " is not read-only after the remount";
       const int fd = ::open(mon.path(p).c_str(), O_WRONLY | O_CLOEXEC);
       EXPECT_LT(fd, 0) << mon.path(p) << " opened for writing";
       if (fd >= 0) ::close(fd);
     }
 
     auto b = boot_qemu(mon, img);
-    ASSERT_FALSE(b.qemu.timed_out)
-        << "qemu ran past " << kQemuTimeout.count() << " s:\n"
-        << console_tail(b.qemu.out);
+    ASSERT_FALSE(b.qemu.timed_out) << "qemu ran past " << kQemuTimeout.count() << " s:\n"
+                                   << console_tail(b.qemu.out);
     EXPECT_NE(b.qemu.out.find(img.marker), std::string::npos)
-        << "marker \"" << img.marker << "\" not on the serial console (qemu "
-        << b.qemu.describe() << "):\n"
+        << "marker \"" << img.marker << "\" not on the serial console (qemu " << b.qemu.describe()
+        << "):\n"
         << console_tail(b.qemu.out) << console_tail(b.qemu.err);
-    std::cout << "[ e2e      ] mount->ready " << ready_ms << " ms, boot "
-              << b.seconds << " s, qemu exit " << b.qemu.exit_code << "\n";
+    std::cout << "[ e2e      ] mount->ready " << ready_ms << " ms, boot " << b.seconds
+              << " s, qemu exit " << b.qemu.exit_code << "\n";
     RecordProperty("mount_ready_ms", std::to_string(ready_ms));
-    RecordProperty("boot_ms",
-                   std::to_string(static_cast<long>(b.seconds * 1000)));
+    RecordProperty("boot_ms", std::to_string(static_cast<long>(b.seconds * 1000)));
 
     // After the boot, with everything still mounted: nothing was written.
     std::uintmax_t grew = 0;
@@ -516,19 +479,14 @@ TEST_F(E2e, BootsFromContainerdViewThroughFuseAndReadOnlyBind) {
     EXPECT_EQ(grew, 0u) << "written in the bundle: " << join(bundle_new);
     for (const auto& [path, size] : files_on_fs(bundle))
       EXPECT_TRUE(path == (bundle / "config.json").string() || size == 0)
-          << "a non-empty file in the bundle outside boot/: " << path << " ("
-          << size << " B)";
-    EXPECT_LT(
-        used_bytes(bundle) - std::min(used_bytes(bundle), bundle_used_before),
-        kSlackBytes)
-        << "the bundle's filesystem grew by "
-        << used_bytes(bundle) - bundle_used_before << " B";
+          << "a non-empty file in the bundle outside boot/: " << path << " (" << size << " B)";
+    EXPECT_LT(used_bytes(bundle) - std::min(used_bytes(bundle), bundle_used_before), kSlackBytes)
+        << "the bundle's filesystem grew by " << used_bytes(bundle) - bundle_used_before << " B";
     auto run_new = grown(run_files_before, files_on_fs("/run"), &grew);
     EXPECT_LT(grew, kSlackBytes) << "written under /run: " << join(run_new);
     if (run_is_own_fs) {
       const auto now = used_bytes("/run");
-      EXPECT_LT(now - std::min(now, run_used_before),
-                fs::file_size(img.initrd_file))
+      EXPECT_LT(now - std::min(now, run_used_before), fs::file_size(img.initrd_file))
           << "/run's filesystem grew by " << now - run_used_before << " B";
     } else {
       std::cout << "[ e2e      ] /run is on the root filesystem here: its free "
@@ -536,8 +494,7 @@ TEST_F(E2e, BootsFromContainerdViewThroughFuseAndReadOnlyBind) {
     }
     const auto copies_after = artifact_copies(copy_roots, img);
     std::vector<std::string> new_copies;
-    std::ranges::set_difference(copies_after, copies_before,
-                                std::back_inserter(new_copies));
+    std::ranges::set_difference(copies_after, copies_before, std::back_inserter(new_copies));
     EXPECT_TRUE(new_copies.empty())
         << "new file(s) with an artifact's sha256: " << join(new_copies);
 
@@ -562,10 +519,9 @@ TEST_F(E2e, BootsFromSourceDirWithoutContainerd) {
   // The rootfs as podman or direct urunc would have it mounted: the artifacts
   // at their image paths, and a file that must not be served.
   const fs::path rootfs = t / "rootfs";
-  for (const auto& [p, src] : {std::pair{img.kernel, img.kernel_file},
-                               std::pair{img.initrd, img.initrd_file}}) {
-    fs::create_directories(
-        (rootfs / fs::path(p).relative_path()).parent_path());
+  for (const auto& [p, src] :
+       {std::pair{img.kernel, img.kernel_file}, std::pair{img.initrd, img.initrd_file}}) {
+    fs::create_directories((rootfs / fs::path(p).relative_path()).parent_path());
     fs::copy_file(src, rootfs / fs::path(p).relative_path());
   }
   fs::create_directories(rootfs / "etc");
@@ -578,21 +534,17 @@ TEST_F(E2e, BootsFromSourceDirWithoutContainerd) {
   const fs::path mnt = bundle / "boot";
   const auto bundle_used_before = used_bytes(bundle);
   const auto bundle_files_before = files_on_fs(bundle);
-  const auto copies_before =
-      artifact_copies({"/run", "/dev/shm", t.path(), cli.state_dir()}, img);
+  const auto copies_before = artifact_copies({"/run", "/dev/shm", t.path(), cli.state_dir()}, img);
 
   const auto t0 = Clock::now();
-  auto m = cli(
-      {"mount", "--source-dir", rootfs.string(), "--bundle", bundle.string()});
+  auto m = cli({"mount", "--source-dir", rootfs.string(), "--bundle", bundle.string()});
   const auto ready_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0)
-          .count();
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
   ASSERT_TRUE(m.ok()) << m.describe();
   const pid_t daemon = cli.daemon_pid(mnt.string());
   auto st = cli.status(mnt.string());
   EXPECT_EQ(st.value("source", ""), "dir");
-  EXPECT_FALSE(fs::exists(mnt / "etc/hostname"))
-      << "a file that is not an artifact is served";
+  EXPECT_FALSE(fs::exists(mnt / "etc/hostname")) << "a file that is not an artifact is served";
 
   {
     MonRootfs mon(bundle);
@@ -601,27 +553,20 @@ TEST_F(E2e, BootsFromSourceDirWithoutContainerd) {
       ASSERT_TRUE(err.empty()) << err;
     }
     auto b = boot_qemu(mon, img);
-    ASSERT_FALSE(b.qemu.timed_out)
-        << "qemu ran past " << kQemuTimeout.count() << " s:\n"
-        << console_tail(b.qemu.out);
+    ASSERT_FALSE(b.qemu.timed_out) << "qemu ran past " << kQemuTimeout.count() << " s:\n"
+                                   << console_tail(b.qemu.out);
     EXPECT_NE(b.qemu.out.find(img.marker), std::string::npos)
-        << "marker not on the serial console (qemu " << b.qemu.describe()
-        << "):\n"
+        << "marker not on the serial console (qemu " << b.qemu.describe() << "):\n"
         << console_tail(b.qemu.out);
-    std::cout << "[ e2e      ] mount->ready " << ready_ms << " ms, boot "
-              << b.seconds << " s\n";
+    std::cout << "[ e2e      ] mount->ready " << ready_ms << " ms, boot " << b.seconds << " s\n";
 
     std::uintmax_t grew = 0;
     auto bundle_new = grown(bundle_files_before, files_on_fs(bundle), &grew);
     EXPECT_EQ(grew, 0u) << "written in the bundle: " << join(bundle_new);
-    EXPECT_LT(
-        used_bytes(bundle) - std::min(used_bytes(bundle), bundle_used_before),
-        kSlackBytes);
+    EXPECT_LT(used_bytes(bundle) - std::min(used_bytes(bundle), bundle_used_before), kSlackBytes);
     // The rootfs copies made above are the only ones (they are the source).
-    auto copies_after =
-        artifact_copies({"/run", "/dev/shm", t.path(), cli.state_dir()}, img);
-    EXPECT_EQ(copies_after, copies_before)
-        << "a new copy of an artifact appeared";
+    auto copies_after = artifact_copies({"/run", "/dev/shm", t.path(), cli.state_dir()}, img);
+    EXPECT_EQ(copies_after, copies_before) << "a new copy of an artifact appeared";
     EXPECT_TRUE(mon.unbind());
   }
   auto u = cli({"umount", mnt.string()});
@@ -654,9 +599,8 @@ TEST_F(E2e, HookCreateRuntimeThenReadThenPoststop) {
                                   {"status", "created"},
                                   {"pid", ::getpid()},
                                   {"bundle", bundle.string()}};
-  auto c = run(
-      {BootfsCli::bin(), "hook", "create-runtime", "--address", ctrd->socket()},
-      created.dump());
+  auto c = run({BootfsCli::bin(), "hook", "create-runtime", "--address", ctrd->socket()},
+               created.dump());
   ASSERT_TRUE(c.ok()) << c.describe();
   const pid_t daemon = cli.daemon_pid(mnt.string());
   ASSERT_GT(daemon, 0);
@@ -664,19 +608,14 @@ TEST_F(E2e, HookCreateRuntimeThenReadThenPoststop) {
   EXPECT_EQ(st["containerd"].value("namespace", ""), kNamespace)
       << "the namespace comes from the bundle path";
   EXPECT_EQ(st["containerd"].value("container", ""), id);
-  EXPECT_EQ(sha256_file(mnt / fs::path(img.kernel).relative_path()),
-            img.kernel_sha);
-  EXPECT_EQ(sha256_file(mnt / fs::path(img.initrd).relative_path()),
-            img.initrd_sha);
+  EXPECT_EQ(sha256_file(mnt / fs::path(img.kernel).relative_path()), img.kernel_sha);
+  EXPECT_EQ(sha256_file(mnt / fs::path(img.initrd).relative_path()), img.initrd_sha);
   auto leases = ctrd->ctr_ns(kNamespace, {"leases", "ls"});
-  EXPECT_NE(leases.out.find("io.urunc.bootfs/"), std::string::npos)
-      << "no lease while mounted:\n"
-      << leases.out;
+  EXPECT_NE(leases.out.find("io.urunc.bootfs/"), std::string::npos) << "no lease while mounted:\n"
+                                                                    << leases.out;
 
-  const nlohmann::json stopped = {{"ociVersion", "1.0.2"},
-                                  {"id", id},
-                                  {"status", "stopped"},
-                                  {"bundle", bundle.string()}};
+  const nlohmann::json stopped = {
+      {"ociVersion", "1.0.2"}, {"id", id}, {"status", "stopped"}, {"bundle", bundle.string()}};
   auto p = run({BootfsCli::bin(), "hook", "poststop"}, stopped.dump());
   ASSERT_TRUE(p.ok()) << p.describe();
   // poststop may run again (or after a failed create): nothing to do is fine.
@@ -701,10 +640,9 @@ TEST_F(E2e, UruncFlowScriptBootsAndLeavesNothing) {
   const fs::path run_dir = mount_private_tmpfs(t);
   const fs::path bundle = run_dir / kTaskDir / kNamespace / id;
 
-  auto r = run({script_path("urunc-flow.sh").string(), "--bin",
-                BootfsCli::bin(), "--address", ctrd->socket(), "--bundle",
-                bundle.string(), "--binary", img.kernel, "--initrd", img.initrd,
-                "--marker", img.marker, "--timeout", "60"},
+  auto r = run({script_path("urunc-flow.sh").string(), "--bin", BootfsCli::bin(), "--address",
+                ctrd->socket(), "--bundle", bundle.string(), "--binary", img.kernel, "--initrd",
+                img.initrd, "--marker", img.marker, "--timeout", "60"},
                {}, std::chrono::minutes(3));
   if (r.exit_code == 77) GTEST_SKIP() << last_line(r.err);
   ASSERT_TRUE(r.ok()) << r.describe() << "\n" << r.err;
@@ -715,12 +653,10 @@ TEST_F(E2e, UruncFlowScriptBootsAndLeavesNothing) {
   EXPECT_EQ(kv["LEFT_LEASES"], "0");
   EXPECT_EQ(kv["LEFT_VIEWS"], "0");
   EXPECT_FALSE(kv["MOUNT_READY_MS"].empty());
-  std::cout << "[ e2e      ] urunc-flow.sh: mount->ready "
-            << kv["MOUNT_READY_MS"] << " ms, boot " << kv["BOOT_SECONDS"]
-            << " s\n";
+  std::cout << "[ e2e      ] urunc-flow.sh: mount->ready " << kv["MOUNT_READY_MS"] << " ms, boot "
+            << kv["BOOT_SECONDS"] << " s\n";
 
-  EXPECT_FALSE(fs::exists(run_dir / kTaskDir))
-      << "the script left the bundle it created";
+  EXPECT_FALSE(fs::exists(run_dir / kTaskDir)) << "the script left the bundle it created";
   expect_containerd_clean(*ctrd);
   expect_no_mounts(t.path(), run_dir, ctrd->dir());
   expect_no_processes(static_cast<pid_t>(std::atoi(kv["DAEMON_PID"].c_str())),
@@ -739,18 +675,15 @@ TEST_F(E2e, UruncFlowScriptCleansUpWhenTheBootFails) {
   const fs::path run_dir = mount_private_tmpfs(t);
   const fs::path bundle = run_dir / kTaskDir / kNamespace / id;
 
-  auto r =
-      run({script_path("urunc-flow.sh").string(), "--bin", BootfsCli::bin(),
-           "--address", ctrd->socket(), "--bundle", bundle.string(), "--marker",
-           "NEVER-PRINTED-BY-THE-GUEST", "--timeout", "30"},
-          {}, std::chrono::minutes(2));
+  auto r = run({script_path("urunc-flow.sh").string(), "--bin", BootfsCli::bin(), "--address",
+                ctrd->socket(), "--bundle", bundle.string(), "--marker",
+                "NEVER-PRINTED-BY-THE-GUEST", "--timeout", "30"},
+               {}, std::chrono::minutes(2));
   if (r.exit_code == 77) GTEST_SKIP() << last_line(r.err);
   EXPECT_EQ(r.exit_code, 1) << r.describe();
-  EXPECT_NE(r.err.find("did not boot to its marker"), std::string::npos)
-      << r.err;
+  EXPECT_NE(r.err.find("did not boot to its marker"), std::string::npos) << r.err;
 
-  EXPECT_FALSE(fs::exists(run_dir / kTaskDir))
-      << "the script left the bundle it created";
+  EXPECT_FALSE(fs::exists(run_dir / kTaskDir)) << "the script left the bundle it created";
   expect_containerd_clean(*ctrd);
   expect_no_mounts(t.path(), run_dir, ctrd->dir());
   EXPECT_TRUE(pids_with_cmdline_containing(bundle.string()).empty());

@@ -72,8 +72,12 @@ const std::set<std::string> kServedTree = {"/.boot", kKernel, kInitrd, kUruncJso
 
 // ------------------------------------------------------------------ helpers
 
-bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
-bool contains(std::string_view s, std::string_view needle) { return s.find(needle) != std::string_view::npos; }
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+bool contains(std::string_view s, std::string_view needle) {
+  return s.find(needle) != std::string_view::npos;
+}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -169,8 +173,7 @@ class Background {
  public:
   Background(std::vector<std::string> argv, std::string mountpoint,
              std::chrono::milliseconds timeout = 90s)
-      : mountpoint_(std::move(mountpoint)),
-        thread_([this, argv = std::move(argv), timeout] {
+      : mountpoint_(std::move(mountpoint)), thread_([this, argv = std::move(argv), timeout] {
           result_ = run(argv, {}, timeout);
           done_ = true;
         }) {}
@@ -216,19 +219,21 @@ std::unique_ptr<Image> build_image() {
   fs::create_directories(top / ".boot");
   img->served[kKernel] = random_bytes((2u << 20) + 4097, 21);
   img->served[kInitrd] = random_bytes(384u << 10, 22);
-  img->served[kUruncJson] = "{\"com.urunc.unikernel.binary\":\"" + base64_encode(kKernel) +
-                            "\",\"com.urunc.unikernel.initrd\":\"" + base64_encode(kInitrd) +
-                            "\",\"com.urunc.unikernel.cmdline\":\"" + base64_encode("console=ttyS0") +
-                            "\",\"com.urunc.unikernel.unikernelType\":\"" + base64_encode("linux") +
-                            "\",\"com.urunc.unikernel.hypervisor\":\"" + base64_encode("qemu") + "\"}";
+  img->served[kUruncJson] =
+      "{\"com.urunc.unikernel.binary\":\"" + base64_encode(kKernel) +
+      "\",\"com.urunc.unikernel.initrd\":\"" + base64_encode(kInitrd) +
+      "\",\"com.urunc.unikernel.cmdline\":\"" + base64_encode("console=ttyS0") +
+      "\",\"com.urunc.unikernel.unikernelType\":\"" + base64_encode("linux") +
+      "\",\"com.urunc.unikernel.hypervisor\":\"" + base64_encode("qemu") + "\"}";
   write_file(bottom / ".boot/initrd.img", img->served[kInitrd]);
   write_file(bottom / "etc/hostname", "never served\n");
   write_file(top / ".boot/kernel", img->served[kKernel], 0755);
   write_file(top / "urunc.json", img->served[kUruncJson]);
   img->tar = img->dir / "image.tar";
-  auto r = run({script_path("make-oci-image.sh").string(), "--name", "localhost/urunc-bootfs-faults:1", "--out",
-                img->tar.string(), bottom.string(), top.string()},
-               {}, kCliTimeout);
+  auto r =
+      run({script_path("make-oci-image.sh").string(), "--name", "localhost/urunc-bootfs-faults:1",
+           "--out", img->tar.string(), bottom.string(), top.string()},
+          {}, kCliTimeout);
   if (!r.ok()) throw std::runtime_error("make-oci-image.sh failed: " + r.describe());
   auto kv = parse_key_values(r.out);
   img->ref = kv["IMAGE"];
@@ -283,7 +288,8 @@ class SharedTeardown : public ::testing::Environment {
 // The containerd's current PID: restarts change it, so it is read from the
 // pid file that containerd-env.sh writes, never remembered.
 pid_t containerd_pid(const PrivateContainerd& c) {
-  return static_cast<pid_t>(std::strtol(read_or_empty((c.dir() / "containerd.pid").string()).c_str(), nullptr, 10));
+  return static_cast<pid_t>(
+      std::strtol(read_or_empty((c.dir() / "containerd.pid").string()).c_str(), nullptr, 10));
 }
 
 // True when PID is the containerd of this DIR (guards against PID reuse).
@@ -358,14 +364,16 @@ class FaultTest : public ::testing::Test {
     ASSERT_TRUE(s.error.empty()) << s.error;
     ctrd_ = s.ctrd.get();
     image_ = s.image.get();
-    ASSERT_TRUE(is_our_containerd(*ctrd_, containerd_pid(*ctrd_))) << "containerd is not running; log:\n"
-                                                                   << ctrd_->log();
+    ASSERT_TRUE(is_our_containerd(*ctrd_, containerd_pid(*ctrd_)))
+        << "containerd is not running; log:\n"
+        << ctrd_->log();
     ns_ = namespace_for_this_test();
     loops_before_ = loop_devices_backed_by(ctrd_->dir().string());
     ns_ready_ = true;
     auto imported = ctr({"images", "import", "--snapshotter", kSnapshotter, image_->tar.string()});
     ASSERT_TRUE(imported.ok()) << "import: " << imported.describe();
-    auto created = ctr({"containers", "create", "--snapshotter", kSnapshotter, image_->ref, kContainer});
+    auto created =
+        ctr({"containers", "create", "--snapshotter", kSnapshotter, image_->ref, kContainer});
     ASSERT_TRUE(created.ok()) << "containers create: " << created.describe();
   }
 
@@ -387,8 +395,10 @@ class FaultTest : public ::testing::Test {
     EXPECT_EQ(ours_views(), std::vector<std::string>{}) << "views left in " << ns_;
     EXPECT_TRUE(cli_.state_files().empty()) << "state file left: " << cli_.state_files().front();
     EXPECT_EQ(loop_devices_backed_by(ctrd_->dir().string()), loops_before_);
-    for (const auto& id : lines_of(ctr({"containers", "ls", "-q"}).out)) (void)ctr({"containers", "rm", id});
-    for (const auto& ref : lines_of(ctr({"images", "ls", "-q"}).out)) (void)ctr({"images", "rm", "--sync", ref});
+    for (const auto& id : lines_of(ctr({"containers", "ls", "-q"}).out))
+      (void)ctr({"containers", "rm", id});
+    for (const auto& ref : lines_of(ctr({"images", "ls", "-q"}).out))
+      (void)ctr({"images", "rm", "--sync", ref});
     reap_zombies();
   }
 
@@ -443,7 +453,8 @@ class FaultTest : public ::testing::Test {
   }
 
   // [env NAME=VALUE...] urunc-bootfs mount --address SOCK -n NS --container c1 EXTRA... MNT
-  std::vector<std::string> mount_argv(const std::string& mnt, const std::vector<std::string>& extra = {},
+  std::vector<std::string> mount_argv(const std::string& mnt,
+                                      const std::vector<std::string>& extra = {},
                                       const std::vector<std::string>& env = {}) const {
     std::vector<std::string> argv;
     if (!env.empty()) {
@@ -451,7 +462,8 @@ class FaultTest : public ::testing::Test {
       argv.insert(argv.end(), env.begin(), env.end());
     }
     argv.push_back(BootfsCli::bin());
-    argv.insert(argv.end(), {"mount", "--address", ctrd_->socket(), "-n", ns_, "--container", kContainer});
+    argv.insert(argv.end(),
+                {"mount", "--address", ctrd_->socket(), "-n", ns_, "--container", kContainer});
     argv.insert(argv.end(), extra.begin(), extra.end());
     argv.push_back(mnt);
     return argv;
@@ -461,7 +473,9 @@ class FaultTest : public ::testing::Test {
     return run(mount_argv(mnt, extra, env), {}, kCliTimeout);
   }
   RunResult umount(const std::string& mnt) const { return cli_({"umount", mnt}, kCliTimeout); }
-  RunResult gc() const { return cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout); }
+  RunResult gc() const {
+    return cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  }
 
   // The one state file's content (tests make one mount at a time).
   std::optional<nlohmann::json> state_json() const {
@@ -512,7 +526,8 @@ class FaultTest : public ::testing::Test {
   // device, no lease or view of ours, no state file, no process naming it.
   void expect_nothing_left(const std::string& mnt) const {
     EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{}) << "still mounted";
-    EXPECT_EQ(loop_devices_backed_by(ctrd_->dir().string()), loops_before_) << "a loop device was left";
+    EXPECT_EQ(loop_devices_backed_by(ctrd_->dir().string()), loops_before_)
+        << "a loop device was left";
     EXPECT_EQ(ours_leases(), std::vector<std::string>{}) << "a lease was left";
     EXPECT_EQ(ours_views(), std::vector<std::string>{}) << "a view was left";
     EXPECT_TRUE(cli_.state_files().empty()) << "state file left: " << cli_.state_files().front();
@@ -552,7 +567,9 @@ struct KillCase {
   std::string cleaner;  // parent, umount, gc
 };
 
-void PrintTo(const KillCase& c, std::ostream* os) { *os << c.step << "/" << c.cleaner; }
+void PrintTo(const KillCase& c, std::ostream* os) {
+  *os << c.step << "/" << c.cleaner;
+}
 
 class KillDaemon : public FaultTest, public ::testing::WithParamInterface<KillCase> {};
 
@@ -580,12 +597,14 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
     EXPECT_TRUE(errno == ENOTCONN || errno == ECONNABORTED) << std::strerror(errno);
     if (fd >= 0) ::close(fd);
     EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{mnt});
-    EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must outlive a killed daemon";
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
+        << "the lease must outlive a killed daemon";
     EXPECT_EQ(ours_views(), std::vector<std::string>{view});
   } else {
     Background bg(mount_argv(mnt, {}, {"URUNC_BOOTFS_TEST_STOP_AFTER=" + step}), mnt);
     daemon = wait_stopped_daemon(bg);
-    ASSERT_GT(daemon, 0) << "the daemon did not stop after " << step << "; mount: " << (bg.done() ? bg.join().describe() : "still running");
+    ASSERT_GT(daemon, 0) << "the daemon did not stop after " << step
+                         << "; mount: " << (bg.done() ? bg.join().describe() : "still running");
     const pid_t parent = proc_ppid(daemon);
     ASSERT_GT(parent, 1);
     ASSERT_TRUE(contains(read_or_empty("/proc/" + std::to_string(parent) + "/cmdline"), mnt));
@@ -605,7 +624,8 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
       EXPECT_TRUE(starts_with(view, kPrefix)) << st->dump(2);
       EXPECT_EQ(ours_views(), std::vector<std::string>{view});
     }
-    EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{}) << "nothing is mounted before serve";
+    EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{})
+        << "nothing is mounted before serve";
 
     if (cleaner == "parent") {
       const auto start = Clock::now();
@@ -641,13 +661,17 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
   expect_mounts_again(mnt);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Faults, KillDaemon,
-    ::testing::Values(KillCase{"lease", "parent"}, KillCase{"lease", "umount"}, KillCase{"lease", "gc"},
-                      KillCase{"view", "parent"}, KillCase{"view", "umount"}, KillCase{"view", "gc"},
-                      KillCase{"attach", "parent"}, KillCase{"attach", "umount"}, KillCase{"attach", "gc"},
-                      KillCase{"serving", "umount"}, KillCase{"serving", "gc"}),
-    [](const auto& p) { return "After_" + p.param.step + "_" + p.param.cleaner + "_cleans"; });
+INSTANTIATE_TEST_SUITE_P(Faults, KillDaemon,
+                         ::testing::Values(KillCase{"lease", "parent"}, KillCase{"lease", "umount"},
+                                           KillCase{"lease", "gc"}, KillCase{"view", "parent"},
+                                           KillCase{"view", "umount"}, KillCase{"view", "gc"},
+                                           KillCase{"attach", "parent"},
+                                           KillCase{"attach", "umount"}, KillCase{"attach", "gc"},
+                                           KillCase{"serving", "umount"},
+                                           KillCase{"serving", "gc"}),
+                         [](const auto& p) {
+                           return "After_" + p.param.step + "_" + p.param.cleaner + "_cleans";
+                         });
 
 // ============================================ containerd stops or restarts
 
@@ -688,9 +712,11 @@ TEST_F(ContainerdDown, ReadsKeepWorkingAndGcReleasesWhenItIsBack) {
   EXPECT_TRUE(contains(u.err, "release")) << u.err;
   EXPECT_GE(took, 2.0) << "the release was not retried for its budget";
   EXPECT_LT(took, 20.0) << "the release budget (3 s) was not kept";
-  std::cout << "[ down    ] umount with containerd down: exit " << u.exit_code << " after " << took << " s: " << u.err;
+  std::cout << "[ down    ] umount with containerd down: exit " << u.exit_code << " after " << took
+            << " s: " << u.err;
   EXPECT_FALSE(pid_alive(daemon));
-  EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{}) << "the FUSE mount is still there";
+  EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{})
+      << "the FUSE mount is still there";
   const auto after = state_json();
   ASSERT_TRUE(after) << "the state file must stay for gc";
   EXPECT_EQ((*after)["phase"], "release-failed") << after->dump(2);
@@ -712,9 +738,10 @@ TEST_F(ContainerdDown, ReadsKeepWorkingAndGcReleasesWhenItIsBack) {
 // containerd is down and finishes the release once it is back.
 TEST_F(ContainerdDown, StoppedAfterTheLeaseMountFailsAndLeavesARecord) {
   const std::string mnt = mountpoint();
-  Background bg(mount_argv(mnt, {"--timeout", "1000"},
-                           {"URUNC_BOOTFS_TEST_STOP_AFTER=lease", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
-                mnt);
+  Background bg(
+      mount_argv(mnt, {"--timeout", "1000"},
+                 {"URUNC_BOOTFS_TEST_STOP_AFTER=lease", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
+      mnt);
   const pid_t daemon = wait_stopped_daemon(bg);
   ASSERT_GT(daemon, 0) << (bg.done() ? bg.join().describe() : "still running");
   const auto st = state_json();
@@ -830,8 +857,8 @@ TEST_F(ContainerdSlow, FrozenMountFailsInBoundedTime) {
   }
   EXPECT_EQ(r.exit_code, 4) << r.describe();
   expect_one_line_error(r);
-  EXPECT_TRUE(contains(r.err, ctrd_->socket()) || contains(r.err, "DEADLINE") || contains(r.err, "deadline") ||
-              contains(r.err, "did not answer"))
+  EXPECT_TRUE(contains(r.err, ctrd_->socket()) || contains(r.err, "DEADLINE") ||
+              contains(r.err, "deadline") || contains(r.err, "did not answer"))
       << r.err;
   EXPECT_LT(took, 30.0) << r.describe();
   std::cout << "[ frozen  ] mount --timeout 1000 failed after " << took << " s: " << r.err;
@@ -848,9 +875,10 @@ TEST_F(ContainerdSlow, FrozenMountFailsInBoundedTime) {
 // did with the requests queued while it was frozen).
 TEST_F(ContainerdSlow, FrozenAfterTheLeaseMountFailsAndGcCleans) {
   const std::string mnt = mountpoint();
-  Background bg(mount_argv(mnt, {"--timeout", "1000"},
-                           {"URUNC_BOOTFS_TEST_STOP_AFTER=lease", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
-                mnt);
+  Background bg(
+      mount_argv(mnt, {"--timeout", "1000"},
+                 {"URUNC_BOOTFS_TEST_STOP_AFTER=lease", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
+      mnt);
   const pid_t daemon = wait_stopped_daemon(bg);
   ASSERT_GT(daemon, 0) << (bg.done() ? bg.join().describe() : "still running");
   const auto st = state_json();
@@ -875,8 +903,9 @@ TEST_F(ContainerdSlow, FrozenAfterTheLeaseMountFailsAndGcCleans) {
   std::cout << "[ frozen  ] mount frozen after the lease failed after " << took << " s: " << r.err;
   std::this_thread::sleep_for(1s);
   const auto left = state_json();
-  std::cout << "[ frozen  ] left: state file " << (left ? left->value("phase", "?") : std::string("none"))
-            << ", leases " << ours_leases().size() << ", views " << ours_views().size() << "\n";
+  std::cout << "[ frozen  ] left: state file "
+            << (left ? left->value("phase", "?") : std::string("none")) << ", leases "
+            << ours_leases().size() << ", views " << ours_views().size() << "\n";
   auto g = gc();
   EXPECT_TRUE(g.ok()) << g.describe();
   expect_nothing_left(mnt);
@@ -1029,7 +1058,8 @@ TEST_P(ReaderGoesAway, DaemonKeepsServingWithFlatFdsAndRss) {
     std::this_thread::sleep_for(100ms);
     ::kill(daemon, SIGCONT);
     EXPECT_TRUE(reap(reader)) << "reader " << reader << " did not die (state " << blocked << ")";
-    EXPECT_TRUE(blocked == 'S' || blocked == 'D') << "the reader was not waiting on the daemon: " << blocked;
+    EXPECT_TRUE(blocked == 'S' || blocked == 'D')
+        << "the reader was not waiting on the daemon: " << blocked;
   }
 
   // 1000 opens and closes in parallel; the daemon still serves every byte.
@@ -1040,8 +1070,9 @@ TEST_P(ReaderGoesAway, DaemonKeepsServingWithFlatFdsAndRss) {
   const int fds1 = settle<int>([&] { return count_fds(daemon); }, fds0);
   const long rss1 = rss_kib(daemon);
   const int threads1 = proc_threads(daemon);
-  std::cout << "[ daemon  ] passthrough=" << GetParam() << ": fds " << fds0 << " -> " << fds1 << ", RSS " << rss0
-            << " -> " << rss1 << " KiB, threads " << threads0 << " -> " << threads1 << "\n";
+  std::cout << "[ daemon  ] passthrough=" << GetParam() << ": fds " << fds0 << " -> " << fds1
+            << ", RSS " << rss0 << " -> " << rss1 << " KiB, threads " << threads0 << " -> "
+            << threads1 << "\n";
   EXPECT_EQ(fds1, fds0) << "the daemon leaked fds";
   EXPECT_LE(rss1, rss0 + 1024) << "the daemon's RSS grew by more than 1 MiB";
   EXPECT_LE(threads1, std::max(threads0, 8)) << "the daemon's threads grew";
@@ -1104,7 +1135,8 @@ TEST_F(Cycles, MountReadUmountLeavesNothing) {
       ASSERT_EQ(pids_with_cmdline_containing(mnt), std::vector<pid_t>{});
     }
     if ((i + 1) % 100 == 0)
-      std::cout << "[ cycles  ] " << (i + 1) << "/" << n << " in " << seconds_since(start) << " s\n" << std::flush;
+      std::cout << "[ cycles  ] " << (i + 1) << "/" << n << " in " << seconds_since(start) << " s\n"
+                << std::flush;
   }
   const double total = seconds_since(start);
   expect_nothing_left(mnt);
@@ -1112,9 +1144,10 @@ TEST_F(Cycles, MountReadUmountLeavesNothing) {
   const int self_threads1 = proc_threads(::getpid());
   EXPECT_EQ(self_fds1, self_fds0) << "this process leaked fds over the cycles";
   EXPECT_EQ(self_threads1, self_threads0) << "this process leaked threads over the cycles";
-  std::cout << "[ cycles  ] " << n << " mount/read/umount cycles in " << total << " s (" << (total / n)
-            << " s each, slowest " << slowest << " s); test process fds " << self_fds0 << " -> " << self_fds1
-            << ", threads " << self_threads0 << " -> " << self_threads1 << "\n";
+  std::cout << "[ cycles  ] " << n << " mount/read/umount cycles in " << total << " s ("
+            << (total / n) << " s each, slowest " << slowest << " s); test process fds "
+            << self_fds0 << " -> " << self_fds1 << ", threads " << self_threads0 << " -> "
+            << self_threads1 << "\n";
   ::testing::Test::RecordProperty("cycles", n);
 }
 
@@ -1141,7 +1174,10 @@ TEST_P(LongLivedDaemon, TenThousandOpensKeepRssAndFdsFlat) {
       return;
     }
     const std::size_t len = std::min(buf.size(), content.size());
-    const off_t off = content.size() > len ? static_cast<off_t>((static_cast<std::size_t>(i) * 4096) % (content.size() - len)) : 0;
+    const off_t off =
+        content.size() > len
+            ? static_cast<off_t>((static_cast<std::size_t>(i) * 4096) % (content.size() - len))
+            : 0;
     if (::pread(fd, buf.data(), len, off) != static_cast<ssize_t>(len) ||
         std::memcmp(buf.data(), content.data() + off, len) != 0)
       ++failures;
@@ -1163,9 +1199,9 @@ TEST_P(LongLivedDaemon, TenThousandOpensKeepRssAndFdsFlat) {
   const int fds1 = settle<int>([&] { return count_fds(daemon); }, fds0);
   const long rss1 = rss_kib(daemon);
   const int threads1 = proc_threads(daemon);
-  std::cout << "[ daemon  ] passthrough=" << GetParam() << ": 10000 open/read/close in " << took << " s; fds "
-            << fds0 << " -> " << fds1 << ", RSS " << rss0 << " -> " << rss1 << " KiB (max " << rss_max
-            << "), threads " << threads0 << " -> " << threads1 << "\n";
+  std::cout << "[ daemon  ] passthrough=" << GetParam() << ": 10000 open/read/close in " << took
+            << " s; fds " << fds0 << " -> " << fds1 << ", RSS " << rss0 << " -> " << rss1
+            << " KiB (max " << rss_max << "), threads " << threads0 << " -> " << threads1 << "\n";
   EXPECT_EQ(fds1, fds0);
   EXPECT_LE(rss1, rss0 + 1024);
   EXPECT_LE(rss_max, rss0 + 1024);

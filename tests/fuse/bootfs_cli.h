@@ -54,7 +54,8 @@ class BootfsCli {
   void expect_nothing_left(const std::string& mountpoint) const {
     for (const auto& m : mount_table())
       EXPECT_NE(m.mount_point, mountpoint) << "still mounted: " << m.fs_type;
-    EXPECT_TRUE(pids_with_cmdline_containing(mountpoint).empty()) << "a process names " << mountpoint;
+    EXPECT_TRUE(pids_with_cmdline_containing(mountpoint).empty())
+        << "a process names " << mountpoint;
     EXPECT_TRUE(state_files().empty()) << "state file left: " << state_files().front();
   }
 

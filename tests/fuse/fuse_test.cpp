@@ -131,7 +131,9 @@ TEST_F(FuseTest, RandomOffsetsPastEofAndMmap) {
     const std::size_t expect =
         off >= static_cast<off_t>(kBigKernel) ? 0 : std::min<std::size_t>(len, kBigKernel - off);
     ASSERT_EQ(n, static_cast<ssize_t>(expect)) << "off " << off << " len " << len;
-    ASSERT_EQ(std::memcmp(buf.data(), kernel_.data() + std::min<std::size_t>(off, kBigKernel), expect), 0);
+    ASSERT_EQ(
+        std::memcmp(buf.data(), kernel_.data() + std::min<std::size_t>(off, kBigKernel), expect),
+        0);
   }
   void* map = ::mmap(nullptr, kBigKernel, PROT_READ, MAP_PRIVATE, fd, 0);
   ASSERT_NE(map, MAP_FAILED);
@@ -147,7 +149,8 @@ TEST_F(FuseTest, EveryKindOfWriteFails) {
   const std::string k = mnt_ + "/.boot/kernel";
   auto fails = [](int rc, const char* what) {
     EXPECT_EQ(rc, -1) << what;
-    EXPECT_TRUE(errno == EROFS || errno == EACCES || errno == EPERM) << what << ": " << strerror(errno);
+    EXPECT_TRUE(errno == EROFS || errno == EACCES || errno == EPERM)
+        << what << ": " << strerror(errno);
   };
   fails(::open(k.c_str(), O_WRONLY), "open for write");
   fails(::open(k.c_str(), O_RDWR), "open read-write");
@@ -208,8 +211,8 @@ TEST_F(FuseTest, AttributesAndMountOptions) {
 TEST_F(FuseTest, OtherUsersCanReadButNotWrite) {
   fs::permissions(tmp_.path(), fs::perms(0755));
   mount_ok();
-  auto r = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
-                mnt_ + "/urunc.json"});
+  auto r = run(
+      {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", mnt_ + "/urunc.json"});
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(r.out, read_file(root_ / "urunc.json"));
   auto write = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "dd",
@@ -284,7 +287,8 @@ TEST_F(FuseTest, EightParallelReadersGetCorrectData) {
         const off_t off = static_cast<off_t>(rng() % kBigKernel);
         const ssize_t n = ::pread(fd, buf.data(), buf.size(), off);
         const auto expect = std::min<std::size_t>(buf.size(), kBigKernel - off);
-        if (n != static_cast<ssize_t>(expect) || std::memcmp(buf.data(), kernel_.data() + off, expect) != 0)
+        if (n != static_cast<ssize_t>(expect) ||
+            std::memcmp(buf.data(), kernel_.data() + off, expect) != 0)
           ++failures;
       }
       ::close(fd);
@@ -300,7 +304,8 @@ TEST_F(FuseTest, UmountAfterKill9CleansTheMountpoint) {
   const pid_t pid = cli_.daemon_pid(mnt_);
   ASSERT_GT(pid, 0);
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
-  for (int i = 0; i < 200 && pid_alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 200 && pid_alive(pid); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   struct stat st {};
   EXPECT_NE(::stat(mnt_.c_str(), &st), 0);
   // "Transport endpoint is not connected" (newer kernels: ECONNABORTED).
@@ -357,8 +362,9 @@ TEST_F(FuseTest, BundleAnnotationsWinAndMountpointDefaultsToBundleBoot) {
   const fs::path bundle = tmp_ / "bundle";
   fs::create_directories(bundle);
   write_file(root_ / "other-kernel", "spec kernel");
-  write_file(bundle / "config.json",
-             R"({"ociVersion":"1.0.2","annotations":{"com.urunc.unikernel.binary":"/other-kernel"}})");
+  write_file(
+      bundle / "config.json",
+      R"({"ociVersion":"1.0.2","annotations":{"com.urunc.unikernel.binary":"/other-kernel"}})");
   auto r = cli_({"mount", "--source-dir", root_.string(), "--bundle", bundle.string()});
   ASSERT_TRUE(r.ok()) << r.describe();
   const std::string boot = (bundle / "boot").string();

@@ -31,8 +31,8 @@ struct Case {
   // Prepares the rootfs (which starts with /.boot/kernel, /.boot/initrd and a
   // urunc.json naming both) and the bundle's annotations.
   std::function<void(const fs::path& root, nlohmann::json& annotations)> setup;
-  int exit_code;             // 0: must mount
-  std::string fragment;      // in the error line (exit != 0) or ""
+  int exit_code;         // 0: must mount
+  std::string fragment;  // in the error line (exit != 0) or ""
   std::function<void(const std::string& mnt)> check = nullptr;  // when it mounts
 };
 
@@ -53,10 +53,13 @@ std::vector<Case> cases() {
                  replace_kernel_with_link(r, "/etc/shadow");
                },
                0, "",
-               [](const std::string& m) { EXPECT_EQ(read_file(m + "/.boot/kernel"), "image-own-file\n"); }});
-  c.push_back({"RelativeLinkClimbsOut",
-               [](const fs::path& r, auto&) { replace_kernel_with_link(r, "../../../../etc/passwd"); }, 6,
-               "above the image root"});
+               [](const std::string& m) {
+                 EXPECT_EQ(read_file(m + "/.boot/kernel"), "image-own-file\n");
+               }});
+  c.push_back(
+      {"RelativeLinkClimbsOut",
+       [](const fs::path& r, auto&) { replace_kernel_with_link(r, "../../../../etc/passwd"); }, 6,
+       "above the image root"});
   c.push_back({"LinkChainClimbsOut",
                [](const fs::path& r, auto&) {
                  fs::create_directories(r / "a/b");
@@ -64,12 +67,14 @@ std::vector<Case> cases() {
                  replace_kernel_with_link(r, "/a/b/up/etc/passwd");
                },
                6, "above the image root"});
-  c.push_back({"AbsoluteLinkThenClimb",
-               [](const fs::path& r, auto&) { replace_kernel_with_link(r, "/.boot/../../etc/passwd"); }, 6,
-               "above the image root"});
-  c.push_back({"MagicLinkStaysInImage",
-               [](const fs::path& r, auto&) { replace_kernel_with_link(r, "/proc/self/root/etc/passwd"); },
-               3, "does not exist in the image"});
+  c.push_back(
+      {"AbsoluteLinkThenClimb",
+       [](const fs::path& r, auto&) { replace_kernel_with_link(r, "/.boot/../../etc/passwd"); }, 6,
+       "above the image root"});
+  c.push_back(
+      {"MagicLinkStaysInImage",
+       [](const fs::path& r, auto&) { replace_kernel_with_link(r, "/proc/self/root/etc/passwd"); },
+       3, "does not exist in the image"});
   c.push_back({"SymlinkLoop",
                [](const fs::path& r, auto&) {
                  fs::create_symlink("/loop2", r / "loop1");
@@ -125,22 +130,31 @@ std::vector<Case> cases() {
                  EXPECT_FALSE(fs::exists(m + "/other-layer"));
                }});
   c.push_back({"PathThroughAFile",
-               [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/.boot/kernel/x")); }, 6,
-               "is not a directory"});
+               [](const fs::path& r, auto&) {
+                 write_file(r / "urunc.json", urunc_json("/.boot/kernel/x"));
+               },
+               6, "is not a directory"});
   c.push_back({"PathWithDotDot",
-               [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/.boot/../etc/passwd")); },
+               [](const fs::path& r, auto&) {
+                 write_file(r / "urunc.json", urunc_json("/.boot/../etc/passwd"));
+               },
                6, "\"..\""});
-  c.push_back({"PathWithDoubleSlash",
-               [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/.boot//kernel")); }, 6,
-               "\"//\""});
-  c.push_back({"PathStartingWithDash",
-               [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/-kernel")); }, 6,
-               "starting with '-'"});
-  c.push_back({"RelativePath",
-               [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json(".boot/kernel")); }, 6,
-               "not absolute"});
+  c.push_back(
+      {"PathWithDoubleSlash",
+       [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/.boot//kernel")); },
+       6, "\"//\""});
+  c.push_back(
+      {"PathStartingWithDash",
+       [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/-kernel")); }, 6,
+       "starting with '-'"});
+  c.push_back(
+      {"RelativePath",
+       [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json(".boot/kernel")); },
+       6, "not absolute"});
   c.push_back({"NonAsciiPath",
-               [](const fs::path& r, auto&) { write_file(r / "urunc.json", urunc_json("/.boot/k\xc3\xa9rnel")); },
+               [](const fs::path& r, auto&) {
+                 write_file(r / "urunc.json", urunc_json("/.boot/k\xc3\xa9rnel"));
+               },
                6, "outside [A-Za-z0-9._/-]"});
   c.push_back({"PathLongerThanPathMax",
                [](const fs::path& r, auto&) {
@@ -165,8 +179,10 @@ std::vector<Case> cases() {
                6, "larger than"});
   c.push_back({"UruncJsonDuplicateKeys",
                [](const fs::path& r, auto&) {
-                 write_file(r / "urunc.json", "{\"com.urunc.unikernel.binary\":\"" + base64_encode("/.boot/kernel") +
-                                                  "\",\"com.urunc.unikernel.binary\":\"" + base64_encode("/x") + "\"}");
+                 write_file(r / "urunc.json", "{\"com.urunc.unikernel.binary\":\"" +
+                                                  base64_encode("/.boot/kernel") +
+                                                  "\",\"com.urunc.unikernel.binary\":\"" +
+                                                  base64_encode("/x") + "\"}");
                },
                6, "duplicate key"});
   c.push_back({"UruncJsonIsADirectory",
@@ -192,18 +208,22 @@ std::vector<Case> cases() {
                  EXPECT_FALSE(fs::exists(m + "/.boot/kernel"));
                }});
   c.push_back({"InvalidSpecAnnotationFallsBackToUruncJson",
-               [](const fs::path&, nlohmann::json& a) { a["com.urunc.unikernel.binary"] = "/../etc/passwd"; },
+               [](const fs::path&, nlohmann::json& a) {
+                 a["com.urunc.unikernel.binary"] = "/../etc/passwd";
+               },
                0, "",
                [](const std::string& m) { EXPECT_EQ(read_file(m + "/.boot/kernel"), "KERNEL"); }});
   c.push_back({"NamedInitrdMissing",
                [](const fs::path& r, auto&) { fs::remove(r / ".boot/initrd"); }, 3,
                "initrd /.boot/initrd"});
-  c.push_back({"KernelMissing",
-               [](const fs::path& r, auto&) { fs::remove(r / ".boot/kernel"); }, 3, "kernel /.boot/kernel"});
+  c.push_back({"KernelMissing", [](const fs::path& r, auto&) { fs::remove(r / ".boot/kernel"); }, 3,
+               "kernel /.boot/kernel"});
   c.push_back({"NothingNamesAKernel",
-               [](const fs::path& r, auto&) { fs::remove(r / "urunc.json"); }, 3, "no kernel named"});
+               [](const fs::path& r, auto&) { fs::remove(r / "urunc.json"); }, 3,
+               "no kernel named"});
   c.push_back({"ZeroLengthKernel",
-               [](const fs::path& r, auto&) { write_file(r / ".boot/kernel", ""); }, 6, "is empty"});
+               [](const fs::path& r, auto&) { write_file(r / ".boot/kernel", ""); }, 6,
+               "is empty"});
   c.push_back({"EmptySymlink",
                [](const fs::path& r, auto&) {
                  // An empty link target cannot be created with symlink(2); a link
@@ -234,7 +254,8 @@ TEST_P(Hostile, FailsClearlyOrServesOnlyWhatIsNamed) {
   write_file(root / "urunc.json", urunc_json("/.boot/kernel", "/.boot/initrd"));
   nlohmann::json annotations = nlohmann::json::object();
   c.setup(root, annotations);
-  write_file(bundle / "config.json", nlohmann::json{{"ociVersion", "1.0.2"}, {"annotations", annotations}}.dump());
+  write_file(bundle / "config.json",
+             nlohmann::json{{"ociVersion", "1.0.2"}, {"annotations", annotations}}.dump());
 
   auto r = cli_({"mount", "--source-dir", root.string(), "--bundle", bundle.string()});
   const std::string mnt = (bundle / "boot").string();

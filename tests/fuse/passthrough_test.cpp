@@ -25,8 +25,7 @@ namespace fs = std::filesystem;
 constexpr std::size_t kKernelBytes = 48u << 20;
 
 std::string base64(std::string_view in) {
-  static constexpr char kA[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  static constexpr char kA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   unsigned val = 0;
   int bits = -6;
@@ -66,8 +65,7 @@ long cached_pages(int fd) {
     std::uint64_t off, len;
   } range{0, 0};  // len 0: to the end
   struct {
-    std::uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted,
-        nr_recently_evicted;
+    std::uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
   } stat{};
   if (::syscall(kSysCachestat, fd, &range, &stat, 0) != 0) return -1;
   return static_cast<long>(stat.nr_cache);
@@ -77,8 +75,7 @@ class ReadModeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!is_root()) GTEST_SKIP() << "FUSE mounts with allow_other need root";
-    if (::access("/dev/fuse", R_OK | W_OK) != 0)
-      GTEST_SKIP() << "/dev/fuse is not available";
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "/dev/fuse is not available";
     root_ = tmp_ / "rootfs";
     mnt_ = (tmp_ / "mnt").string();
     fs::create_directories(root_ / ".boot");
@@ -86,32 +83,26 @@ class ReadModeTest : public ::testing::Test {
     kernel_ = random_bytes(kKernelBytes, 11);
     write_file(root_ / ".boot/kernel", kernel_, 0755);
     write_file(root_ / ".boot/initrd", random_bytes(3 << 20, 12), 0644);
-    const std::string doc =
-        "{\"com.urunc.unikernel.binary\":\"" + base64("/.boot/kernel") +
-        "\",\"com.urunc.unikernel.initrd\":\"" + base64("/.boot/initrd") +
-        "\",\"com.urunc.unikernel.hypervisor\":\"" + base64("qemu") + "\"}";
+    const std::string doc = "{\"com.urunc.unikernel.binary\":\"" + base64("/.boot/kernel") +
+                            "\",\"com.urunc.unikernel.initrd\":\"" + base64("/.boot/initrd") +
+                            "\",\"com.urunc.unikernel.hypervisor\":\"" + base64("qemu") + "\"}";
     write_file(root_ / "urunc.json", doc);
   }
   void TearDown() override {
     for (const auto& m : {mnt_, inner_})
-      if (!m.empty() && !cli_.state_files().empty())
-        (void)cli_({"umount", "--lazy", m});
+      if (!m.empty() && !cli_.state_files().empty()) (void)cli_({"umount", "--lazy", m});
   }
 
-  RunResult mount(const std::string& mode, const fs::path& source,
-                  const std::string& at) {
-    return cli_(
-        {"mount", "--passthrough", mode, "--source-dir", source.string(), at});
+  RunResult mount(const std::string& mode, const fs::path& source, const std::string& at) {
+    return cli_({"mount", "--passthrough", mode, "--source-dir", source.string(), at});
   }
 
   // Mounts with --passthrough on, or skips the test with the reason the
   // kernel gave.
-  bool mount_passthrough_or_skip(const fs::path& source,
-                                 const std::string& at) {
+  bool mount_passthrough_or_skip(const fs::path& source, const std::string& at) {
     auto r = mount("on", source, at);
     if (r.ok()) return true;
-    EXPECT_NE(r.err.find("passthrough required"), std::string::npos)
-        << r.describe();
+    EXPECT_NE(r.err.find("passthrough required"), std::string::npos) << r.describe();
     cli_.expect_nothing_left(at);
     return false;
   }
@@ -119,8 +110,7 @@ class ReadModeTest : public ::testing::Test {
   std::vector<std::string> modes(const std::string& at) {
     std::vector<std::string> out;
     auto status = cli_.status(at);
-    for (const auto& f : status["counters"]["files"])
-      out.push_back(f["mode"].get<std::string>());
+    for (const auto& f : status["counters"]["files"]) out.push_back(f["mode"].get<std::string>());
     return out;
   }
 
@@ -133,18 +123,15 @@ class ReadModeTest : public ::testing::Test {
   // Like BootfsCli::expect_nothing_left, while another mount (with its own
   // state file) stays.
   static void expect_not_mounted(const std::string& at) {
-    for (const auto& m : mount_table())
-      EXPECT_NE(m.mount_point, at) << "still mounted";
-    EXPECT_TRUE(pids_with_cmdline_containing(at).empty())
-        << "a process names " << at;
+    for (const auto& m : mount_table()) EXPECT_NE(m.mount_point, at) << "still mounted";
+    EXPECT_TRUE(pids_with_cmdline_containing(at).empty()) << "a process names " << at;
   }
 
   // Byte-identical content, random offsets (some past EOF), mmap, and no
   // way to write, whatever the mode.
   void check_reads(const std::string& at) {
     EXPECT_EQ(sha256_file(at + "/.boot/kernel"), sha256_hex(kernel_));
-    EXPECT_EQ(sha256_file(at + "/.boot/initrd"),
-              sha256_file(root_ / ".boot/initrd"));
+    EXPECT_EQ(sha256_file(at + "/.boot/initrd"), sha256_file(root_ / ".boot/initrd"));
     EXPECT_EQ(read_file(at + "/urunc.json"), read_file(root_ / "urunc.json"));
 
     const int fd = ::open((at + "/.boot/kernel").c_str(), O_RDONLY);
@@ -155,17 +142,13 @@ class ReadModeTest : public ::testing::Test {
       const off_t off = static_cast<off_t>(rng() % (kKernelBytes + 200000));
       const std::size_t len = 1 + rng() % buf.size();
       const ssize_t n = ::pread(fd, buf.data(), len, off);
-      const std::size_t expect =
-          off >= static_cast<off_t>(kKernelBytes)
-              ? 0
-              : std::min<std::size_t>(len, kKernelBytes - off);
-      ASSERT_EQ(n, static_cast<ssize_t>(expect))
-          << "off " << off << " len " << len;
-      ASSERT_EQ(
-          std::memcmp(buf.data(),
-                      kernel_.data() + std::min<std::size_t>(off, kKernelBytes),
-                      expect),
-          0)
+      const std::size_t expect = off >= static_cast<off_t>(kKernelBytes)
+                                     ? 0
+                                     : std::min<std::size_t>(len, kKernelBytes - off);
+      ASSERT_EQ(n, static_cast<ssize_t>(expect)) << "off " << off << " len " << len;
+      ASSERT_EQ(std::memcmp(buf.data(), kernel_.data() + std::min<std::size_t>(off, kKernelBytes),
+                            expect),
+                0)
           << "off " << off;
     }
     char c = 0;
@@ -176,8 +159,7 @@ class ReadModeTest : public ::testing::Test {
     ASSERT_NE(map, MAP_FAILED) << std::strerror(errno);
     EXPECT_EQ(std::memcmp(map, kernel_.data(), kKernelBytes), 0);
     ::munmap(map, kKernelBytes);
-    EXPECT_EQ(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
-              MAP_FAILED);
+    EXPECT_EQ(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), MAP_FAILED);
     EXPECT_EQ(::write(fd, "x", 1), -1);
     EXPECT_EQ(::pwrite(fd, "x", 1, 0), -1);
     ::close(fd);
@@ -204,8 +186,7 @@ class ReadModeTest : public ::testing::Test {
 TEST_F(ReadModeTest, PassthroughForcedServesIdenticalReadOnlyData) {
   if (!mount_passthrough_or_skip(root_, mnt_))
     GTEST_SKIP() << "kernel FUSE passthrough is not available here";
-  EXPECT_EQ(modes(mnt_), (std::vector<std::string>{"passthrough", "passthrough",
-                                                   "passthrough"}));
+  EXPECT_EQ(modes(mnt_), (std::vector<std::string>{"passthrough", "passthrough", "passthrough"}));
   check_reads(mnt_);
   umount_ok(mnt_);
 }
@@ -213,8 +194,7 @@ TEST_F(ReadModeTest, PassthroughForcedServesIdenticalReadOnlyData) {
 TEST_F(ReadModeTest, SpliceForcedServesIdenticalReadOnlyData) {
   auto r = mount("off", root_, mnt_);
   ASSERT_TRUE(r.ok()) << r.describe();
-  EXPECT_EQ(modes(mnt_),
-            (std::vector<std::string>{"splice", "splice", "splice"}));
+  EXPECT_EQ(modes(mnt_), (std::vector<std::string>{"splice", "splice", "splice"}));
   check_reads(mnt_);
   umount_ok(mnt_);
 }
@@ -260,8 +240,7 @@ TEST_F(ReadModeTest, AutomaticUsesSpliceOverAWritableSource) {
   // mount).
   auto r = mount("auto", root_, mnt_);
   ASSERT_TRUE(r.ok()) << r.describe();
-  EXPECT_EQ(modes(mnt_),
-            (std::vector<std::string>{"splice", "splice", "splice"}));
+  EXPECT_EQ(modes(mnt_), (std::vector<std::string>{"splice", "splice", "splice"}));
   umount_ok(mnt_);
 }
 
@@ -270,9 +249,7 @@ TEST_F(ReadModeTest, AutomaticUsesPassthroughOverAReadOnlySource) {
   fs::create_directories(ro);
   ASSERT_EQ(::mount(root_.c_str(), ro.c_str(), nullptr, MS_BIND, nullptr), 0)
       << std::strerror(errno);
-  ASSERT_EQ(::mount(nullptr, ro.c_str(), nullptr,
-                    MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr),
-            0)
+  ASSERT_EQ(::mount(nullptr, ro.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr), 0)
       << std::strerror(errno);
   // Is passthrough available at all? (the forced mount tells, with a reason)
   if (!mount_passthrough_or_skip(ro, mnt_)) {
@@ -282,8 +259,7 @@ TEST_F(ReadModeTest, AutomaticUsesPassthroughOverAReadOnlySource) {
   umount_ok(mnt_);
   auto r = mount("auto", ro, mnt_);
   ASSERT_TRUE(r.ok()) << r.describe();
-  EXPECT_EQ(modes(mnt_), (std::vector<std::string>{"passthrough", "passthrough",
-                                                   "passthrough"}));
+  EXPECT_EQ(modes(mnt_), (std::vector<std::string>{"passthrough", "passthrough", "passthrough"}));
   check_reads(mnt_);
   umount_ok(mnt_);
   EXPECT_EQ(::umount2(ro.c_str(), 0), 0)
@@ -300,17 +276,14 @@ TEST_F(ReadModeTest, RefusedBackingFilesystemFallsBackOrFailsTheMount) {
   fs::create_directories(inner_);
   auto required = mount("on", mnt_, inner_);
   EXPECT_NE(required.exit_code, 0) << required.describe();
-  EXPECT_NE(required.err.find("passthrough required"), std::string::npos)
-      << required.err;
-  EXPECT_EQ(std::count(required.err.begin(), required.err.end(), '\n'), 1)
-      << required.err;
+  EXPECT_NE(required.err.find("passthrough required"), std::string::npos) << required.err;
+  EXPECT_EQ(std::count(required.err.begin(), required.err.end(), '\n'), 1) << required.err;
   expect_not_mounted(inner_);
   EXPECT_EQ(cli_.state_files().size(), 1u);
 
   auto automatic = mount("auto", mnt_, inner_);
   ASSERT_TRUE(automatic.ok()) << automatic.describe();
-  EXPECT_EQ(modes(inner_),
-            (std::vector<std::string>{"splice", "splice", "splice"}));
+  EXPECT_EQ(modes(inner_), (std::vector<std::string>{"splice", "splice", "splice"}));
   EXPECT_EQ(sha256_file(inner_ + "/.boot/kernel"), sha256_hex(kernel_));
   auto u = cli_({"umount", inner_});
   ASSERT_TRUE(u.ok()) << u.describe();
@@ -325,8 +298,7 @@ TEST_F(ReadModeTest, UnmountAndSignalsEndThePassthroughDaemon) {
   // SIGTERM: the daemon unmounts, closes its backing ids and exits.
   const pid_t pid = cli_.daemon_pid(mnt_);
   ASSERT_GT(pid, 0);
-  EXPECT_EQ(sha256_file(mnt_ + "/.boot/initrd"),
-            sha256_file(root_ / ".boot/initrd"));
+  EXPECT_EQ(sha256_file(mnt_ + "/.boot/initrd"), sha256_file(root_ / ".boot/initrd"));
   ASSERT_EQ(::kill(pid, SIGTERM), 0);
   for (int i = 0; i < 500 && pid_alive(pid); ++i) ::usleep(10000);
   EXPECT_FALSE(pid_alive(pid));

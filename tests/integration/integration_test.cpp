@@ -63,8 +63,12 @@ const std::set<std::string> kServedTree = {"/.boot", "/.boot/kernel", "/.boot/ro
 
 // ------------------------------------------------------------------ helpers
 
-bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
-bool contains(std::string_view s, std::string_view needle) { return s.find(needle) != std::string_view::npos; }
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+bool contains(std::string_view s, std::string_view needle) {
+  return s.find(needle) != std::string_view::npos;
+}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -171,7 +175,8 @@ std::unique_ptr<Image> build_image(const std::string& name, int layers) {
   img->kernel = random_bytes(1536u << 10, 11);
   img->initrd = random_bytes(256u << 10, 12);
   img->urunc_json = "{\"com.urunc.unikernel.binary\":\"" + base64_encode("/.boot/kernel") +
-                    "\",\"com.urunc.unikernel.initrd\":\"" + base64_encode("/.boot/rootfs.cpio.gz") +
+                    "\",\"com.urunc.unikernel.initrd\":\"" +
+                    base64_encode("/.boot/rootfs.cpio.gz") +
                     "\",\"com.urunc.unikernel.cmdline\":\"" + base64_encode("console=ttyS0 quiet") +
                     "\",\"com.urunc.unikernel.unikernelType\":\"" + base64_encode("linux") +
                     "\",\"com.urunc.unikernel.hypervisor\":\"" + base64_encode("qemu") + "\"}";
@@ -233,7 +238,8 @@ Shared& shared() {
       try {
         s.ctrd = std::make_unique<PrivateContainerd>(true);
       } catch (const std::exception& e) {
-        s.btrfs_skip = std::string("containerd with a btrfs loop filesystem did not start: ") + e.what();
+        s.btrfs_skip =
+            std::string("containerd with a btrfs loop filesystem did not start: ") + e.what();
       }
     }
     if (!s.ctrd) s.ctrd = std::make_unique<PrivateContainerd>(false);
@@ -297,7 +303,8 @@ class ContainerdTest : public ::testing::Test {
     SharedTeardown::started() = true;
     Shared& s = shared();
     ASSERT_TRUE(s.error.empty()) << s.error;
-    if (snapshotter() == "btrfs" && !s.btrfs_skip.empty()) GTEST_SKIP() << "btrfs: " << s.btrfs_skip;
+    if (snapshotter() == "btrfs" && !s.btrfs_skip.empty())
+      GTEST_SKIP() << "btrfs: " << s.btrfs_skip;
     ctrd_ = s.ctrd.get();
     image_ = s.image.get();
     ASSERT_TRUE(ctrd_->running()) << "containerd is not running; log:\n" << ctrd_->log();
@@ -307,7 +314,8 @@ class ContainerdTest : public ::testing::Test {
     ns_ready_ = true;
     auto imported = ctr({"images", "import", "--snapshotter", snapshotter(), image_->tar.string()});
     ASSERT_TRUE(imported.ok()) << info->name() << ": import: " << imported.describe();
-    auto created = ctr({"containers", "create", "--snapshotter", snapshotter(), image_->ref, kContainer});
+    auto created =
+        ctr({"containers", "create", "--snapshotter", snapshotter(), image_->ref, kContainer});
     ASSERT_TRUE(created.ok()) << "containers create: " << created.describe();
   }
 
@@ -322,8 +330,10 @@ class ContainerdTest : public ::testing::Test {
     EXPECT_TRUE(cli_.state_files().empty()) << "state file left: " << cli_.state_files().front();
     EXPECT_EQ(our_loop_devices(), loops_before_);
     // The namespace's containers and images go too (their snapshots with them).
-    for (const auto& id : lines_of(ctr({"containers", "ls", "-q"}).out)) (void)ctr({"containers", "rm", id});
-    for (const auto& ref : lines_of(ctr({"images", "ls", "-q"}).out)) (void)ctr({"images", "rm", "--sync", ref});
+    for (const auto& id : lines_of(ctr({"containers", "ls", "-q"}).out))
+      (void)ctr({"containers", "rm", id});
+    for (const auto& ref : lines_of(ctr({"images", "ls", "-q"}).out))
+      (void)ctr({"images", "rm", "--sync", ref});
   }
 
   // Unmounts (lazily) what a failed test left at `mnt`. A lazily detached
@@ -452,7 +462,8 @@ class ContainerdTest : public ::testing::Test {
       const std::string table = read_proc("/proc/" + who + "/mountinfo");
       ASSERT_FALSE(table.empty()) << "cannot read /proc/" << who << "/mountinfo";
       for (const auto& line : lines_of(table)) {
-        EXPECT_FALSE(contains(line, root_needle)) << "/proc/" << who << "/mountinfo shows the view: " << line;
+        EXPECT_FALSE(contains(line, root_needle))
+            << "/proc/" << who << "/mountinfo shows the view: " << line;
         if (contains(line, " - btrfs ")) {
           for (const auto& needle : subvol_needles)
             EXPECT_FALSE(contains(line + ",", needle)) << "/proc/" << who << "/mountinfo: " << line;
@@ -460,7 +471,8 @@ class ContainerdTest : public ::testing::Test {
       }
     }
     // Same mount namespace, and its table holds nothing ours does not.
-    EXPECT_EQ(read_link("/proc/self/ns/mnt"), read_link("/proc/" + std::to_string(daemon) + "/ns/mnt"));
+    EXPECT_EQ(read_link("/proc/self/ns/mnt"),
+              read_link("/proc/" + std::to_string(daemon) + "/ns/mnt"));
   }
 
   // Loop devices over files of this containerd (its btrfs image, blockfile
@@ -524,8 +536,8 @@ class ContainerdTest : public ::testing::Test {
 // the reference the served files are compared with.
 class ReferenceView {
  public:
-  ReferenceView(const PrivateContainerd& ctrd, const std::string& ns, const std::string& snapshotter,
-                const std::string& parent, const fs::path& target)
+  ReferenceView(const PrivateContainerd& ctrd, const std::string& ns,
+                const std::string& snapshotter, const std::string& parent, const fs::path& target)
       : ns_(ns), snapshotter_(snapshotter), target_(target) {
     snap::ClientOptions options;
     options.address = ctrd.socket();
@@ -539,7 +551,8 @@ class ReferenceView {
     if (auto view = client_->view(snapshotter, key_, parent, {}, lease_); !view)
       throw std::runtime_error(view.error().to_string());
     fs::create_directories(target_);
-    auto cmd = ctrd.ctr_ns(ns, {"snapshots", "--snapshotter", snapshotter, "mounts", target_.string(), key_});
+    auto cmd = ctrd.ctr_ns(
+        ns, {"snapshots", "--snapshotter", snapshotter, "mounts", target_.string(), key_});
     if (!cmd.ok()) throw std::runtime_error("ctr snapshots mounts: " + cmd.describe());
     auto mounted = run({"sh", "-ec", cmd.out}, {}, kCliTimeout);
     if (!mounted.ok()) throw std::runtime_error("mount the reference view: " + mounted.describe());
@@ -594,7 +607,8 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
       EXPECT_TRUE(read_file(served) == read_file(reference)) << path << " differs from the view";
     }
     EXPECT_TRUE(fs::exists(ref.root() / "etc/hostname")) << "the reference view is not the image";
-    EXPECT_FALSE(fs::exists(ref.root() / ".boot/extra")) << "the top view shows the whited-out file";
+    EXPECT_FALSE(fs::exists(ref.root() / ".boot/extra"))
+        << "the top view shows the whited-out file";
 
     // The visibility check below is not vacuous: it does see a view that
     // is in the mount table (this reference one).
@@ -606,7 +620,8 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
           ::testing::ScopedFakeTestPartResultReporter::INTERCEPT_ONLY_CURRENT_THREAD, &seen);
       expect_view_invisible(fake);
     }
-    EXPECT_GT(seen.size(), 0) << "the check misses a view mounted at " << ref.root() << " by: " << ref.command();
+    EXPECT_GT(seen.size(), 0) << "the check misses a view mounted at " << ref.root()
+                              << " by: " << ref.command();
   }
 
   // status --json: namespace, container, snapshotter, view key, lease id
@@ -625,13 +640,16 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
   EXPECT_TRUE(starts_with(lease, kPrefix)) << lease;
   ASSERT_FALSE(cd["view_mounts"].empty()) << st.dump(2);
   const std::string first_mount = cd["view_mounts"][0];
-  const std::string expected_type = snapshotter() == "overlayfs" ? "overlay " : snapshotter() == "native" ? "bind " : "btrfs ";
+  const std::string expected_type = snapshotter() == "overlayfs" ? "overlay "
+                                    : snapshotter() == "native"  ? "bind "
+                                                                 : "btrfs ";
   EXPECT_TRUE(starts_with(first_mount, expected_type)) << first_mount;
   EXPECT_EQ(ours_leases(), std::vector<std::string>{lease});
   EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view});
   auto human = cli_({"status", mnt}, kCliTimeout);
   ASSERT_TRUE(human.ok()) << human.describe();
-  for (const auto& needle : {ns_, view, lease, snapshotter()}) EXPECT_TRUE(contains(human.out, needle)) << human.out;
+  for (const auto& needle : {ns_, view, lease, snapshotter()})
+    EXPECT_TRUE(contains(human.out, needle)) << human.out;
 
   // list --json lists this mount.
   auto list = cli_({"list", "--json"}, kCliTimeout);
@@ -655,7 +673,8 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
 TEST_P(Snapshotter, MountByBundle) {
   const fs::path bundle = tmp_ / "io.containerd.runtime.v2.task" / ns_ / kContainer;
   fs::create_directories(bundle / "rootfs");
-  write_file(bundle / "config.json", R"({"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{}})");
+  write_file(bundle / "config.json",
+             R"({"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{}})");
   const std::string mnt = (bundle / "boot").string();
   mountpoints_.push_back(mnt);
   auto r = cli_({"mount", "--address", ctrd_->socket(), "--bundle", bundle.string()}, kCliTimeout);
@@ -758,7 +777,8 @@ TEST_F(ContainerdMount, BundleAnnotationsTakePrecedence) {
              R"({"ociVersion":"1.0.2","annotations":{"com.urunc.unikernel.binary":"/.boot/kernel",)"
              R"("com.urunc.unikernel.hypervisor":"qemu"}})");
   const std::string mnt = mountpoint();
-  auto r = cli_({"mount", "--address", ctrd_->socket(), "--bundle", bundle.string(), mnt}, kCliTimeout);
+  auto r =
+      cli_({"mount", "--address", ctrd_->socket(), "--bundle", bundle.string(), mnt}, kCliTimeout);
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(tree(mnt), (std::set<std::string>{"/.boot", "/.boot/kernel", "/urunc.json"}));
   EXPECT_TRUE(read_file(mnt + "/.boot/kernel") == image_->kernel);
@@ -807,8 +827,9 @@ TEST_F(ContainerdErrors, ContainerdNotRunning) {
   const std::string mnt = mountpoint();
   const std::string sock = (tmp_ / "no-containerd" / "containerd.sock").string();
   const auto start = std::chrono::steady_clock::now();
-  auto r = cli_({"mount", "--address", sock, "-n", ns_, "--timeout", "2000", "--container", kContainer, mnt},
-                kCliTimeout);
+  auto r = cli_(
+      {"mount", "--address", sock, "-n", ns_, "--timeout", "2000", "--container", kContainer, mnt},
+      kCliTimeout);
   const auto took = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(r.exit_code, 4) << r.describe();
   expect_one_line_error(r);
@@ -834,8 +855,9 @@ TEST_F(ContainerdErrors, StaleSocketNobodyListens) {
   ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
   const std::string mnt = mountpoint();
   const auto start = std::chrono::steady_clock::now();
-  auto r = cli_({"mount", "--address", sock, "-n", ns_, "--timeout", "2000", "--container", kContainer, mnt},
-                kCliTimeout);
+  auto r = cli_(
+      {"mount", "--address", sock, "-n", ns_, "--timeout", "2000", "--container", kContainer, mnt},
+      kCliTimeout);
   const auto took = std::chrono::steady_clock::now() - start;
   ::close(fd);
   EXPECT_EQ(r.exit_code, 4) << r.describe();
@@ -908,7 +930,8 @@ TEST_F(ContainerdErrors, ViewKeyAndLeaseIdThatAlreadyExist) {
   ASSERT_TRUE((*client)->create_lease(lease, {}));
   auto again = (*client)->create_lease(lease, {});
   ASSERT_FALSE(again);
-  EXPECT_EQ(again.error().kind, urunc::bootfs::ErrorKind::already_exists) << again.error().to_string();
+  EXPECT_EQ(again.error().kind, urunc::bootfs::ErrorKind::already_exists)
+      << again.error().to_string();
   EXPECT_TRUE(contains(again.error().to_string(), lease)) << again.error().to_string();
 
   auto view = (*client)->view(snapshotter(), key, image_->chain_id, {}, lease);
@@ -939,7 +962,8 @@ TEST_F(ContainerdGc, KillNineThenGcRemovesTheOrphan) {
   const auto st = status_json(mnt);
   const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
   const pid_t daemon = kill_daemon(mnt);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must outlive a killed daemon";
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
+      << "the lease must outlive a killed daemon";
 
   auto dry = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_, "--dry-run"}, kCliTimeout);
   ASSERT_TRUE(dry.ok()) << dry.describe();
@@ -992,7 +1016,8 @@ TEST_F(ContainerdGc, SecondMountCleansUpAfterTheKilledOne) {
   ASSERT_TRUE(r2.ok()) << r2.describe();
   const auto st2 = status_json(mnt2);
   const std::string view2 = st2["containerd"]["view"], lease2 = st2["containerd"]["lease"];
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease2}) << "the killed mount's lease was not collected";
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease2})
+      << "the killed mount's lease was not collected";
   EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view2})
       << "the killed mount's view was not collected";
   expect_serves_top_view(mnt2);
@@ -1081,7 +1106,8 @@ TEST_F(ContainerdRelease, UnreachableAtReleaseLeavesItForGc) {
   EXPECT_TRUE(contains(u.err, "gc")) << u.err;
   EXPECT_LT(took, 20s);
   EXPECT_FALSE(pid_alive(daemon));
-  EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{}) << "the FUSE mount is still there";
+  EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{})
+      << "the FUSE mount is still there";
   EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must stay for gc";
   auto status = cli_.status(mnt);
   EXPECT_EQ(status["phase"], "release-failed") << status.dump(2);

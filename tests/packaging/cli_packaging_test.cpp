@@ -29,8 +29,7 @@ TEST(Config, BuiltInDefaults) {
   EXPECT_EQ(c.threads, 4U);
   EXPECT_EQ(c.passthrough, "auto");
   EXPECT_EQ(c.allowed_mount_options.size(), kHelperOptions.size());
-  for (const auto name : kHelperOptions)
-    EXPECT_TRUE(mount_option_allowed(c, name)) << name;
+  for (const auto name : kHelperOptions) EXPECT_TRUE(mount_option_allowed(c, name)) << name;
 }
 
 TEST(Config, FileValuesOverrideDefaultsAndSayWhereTheyCameFrom) {
@@ -46,8 +45,7 @@ TEST(Config, FileValuesOverrideDefaultsAndSayWhereTheyCameFrom) {
   EXPECT_EQ(c->timeout_ms, 2500);
   EXPECT_EQ(c->threads, 8U);
   EXPECT_EQ(c->passthrough, "off");
-  EXPECT_EQ(c->allowed_mount_options,
-            (std::vector<std::string>{"kernel", "initrd"}));
+  EXPECT_EQ(c->allowed_mount_options, (std::vector<std::string>{"kernel", "initrd"}));
   EXPECT_TRUE(mount_option_allowed(*c, "kernel"));
   EXPECT_FALSE(mount_option_allowed(*c, "address"));
   EXPECT_TRUE(c->loaded);
@@ -73,27 +71,21 @@ TEST(Config, RefusesTyposAndBadValuesNamingFileAndKey) {
            {R"({"threadz": 2})", "\"threadz\": unknown key"},
            {R"({"threads": 0})", "\"threads\": must be between 1 and 64"},
            {R"({"threads": "4"})", "\"threads\": must be an integer"},
-           {R"({"timeout_ms": 50})",
-            "\"timeout_ms\": must be between 100 and 600000"},
+           {R"({"timeout_ms": 50})", "\"timeout_ms\": must be between 100 and 600000"},
            {R"({"log_level": "loud"})", "\"log_level\": must be one of"},
-           {R"({"passthrough": "maybe"})",
-            "\"passthrough\": must be one of auto, on, off"},
+           {R"({"passthrough": "maybe"})", "\"passthrough\": must be one of auto, on, off"},
            {R"({"namespace": "a/b"})", "is not a containerd namespace"},
            {R"({"namespace": "-x"})", "is not a containerd namespace"},
            {R"({"address": ""})", "\"address\": must not be empty"},
-           {R"({"allowed_mount_options": "kernel"})",
-            "must be an array of strings"},
-           {R"({"allowed_mount_options": ["suid"]})",
-            "\"suid\" is not a mount option"},
+           {R"({"allowed_mount_options": "kernel"})", "must be an array of strings"},
+           {R"({"allowed_mount_options": ["suid"]})", "\"suid\" is not a mount option"},
        }) {
     auto parsed = parse_config(c.text, "/etc/urunc-bootfs/config.json");
     ASSERT_FALSE(parsed) << c.text;
     EXPECT_EQ(parsed.error().kind, ErrorKind::invalid) << c.text;
-    EXPECT_NE(parsed.error().message.find("/etc/urunc-bootfs/config.json: "),
-              std::string::npos)
+    EXPECT_NE(parsed.error().message.find("/etc/urunc-bootfs/config.json: "), std::string::npos)
         << parsed.error().message;
-    EXPECT_NE(parsed.error().message.find(c.says), std::string::npos)
-        << parsed.error().message;
+    EXPECT_NE(parsed.error().message.find(c.says), std::string::npos) << parsed.error().message;
   }
 }
 
@@ -166,8 +158,7 @@ TEST(MountHelper, SourceSpecForms) {
            {"container:default/vm1", K::container, "vm1", "default"},
            {"snapshot:default/5/abc", K::snapshot, "default/5/abc", ""},
            {"parent=sha256:0123abcd", K::parent, "sha256:0123abcd", ""},
-           {"bundle:/run/containerd/io.containerd.runtime.v2.task/default/vm1",
-            K::bundle,
+           {"bundle:/run/containerd/io.containerd.runtime.v2.task/default/vm1", K::bundle,
             "/run/containerd/io.containerd.runtime.v2.task/default/vm1", ""},
        }) {
     auto spec = parse_source_spec(c.spec);
@@ -176,9 +167,8 @@ TEST(MountHelper, SourceSpecForms) {
     EXPECT_EQ(spec->value, c.value) << c.spec;
     EXPECT_EQ(spec->ns, c.ns) << c.spec;
   }
-  for (const char* bad :
-       {"", "rootfs", "urunc-bootfs", "containerd:/vm1", "containerd:ns/",
-        "containerd:a/b/c", "dirx:/p", "snapshot", "tmpfs"}) {
+  for (const char* bad : {"", "rootfs", "urunc-bootfs", "containerd:/vm1", "containerd:ns/",
+                          "containerd:a/b/c", "dirx:/p", "snapshot", "tmpfs"}) {
     auto spec = parse_source_spec(bad);
     ASSERT_FALSE(spec) << "accepted \"" << bad << "\"";
     EXPECT_EQ(spec.error().kind, ErrorKind::usage) << bad;
@@ -187,8 +177,7 @@ TEST(MountHelper, SourceSpecForms) {
 
 // --------------------------------------------------------- helper arguments
 
-Result<HelperMount> helper(std::vector<std::string> args,
-                           const Config& config = Config{}) {
+Result<HelperMount> helper(std::vector<std::string> args, const Config& config = Config{}) {
   return parse_mount_helper(args, config);
 }
 
@@ -248,8 +237,7 @@ TEST(MountHelper, ConfigGivesTheDefaultsAndOptionsWin) {
   EXPECT_EQ(m->request.threads, 7U);
   EXPECT_EQ(m->request.passthrough, "on");
   EXPECT_EQ(m->log_level, "warn");
-  auto over = helper(
-      {"container=vm1", "/m", "-o", "namespace=default,threads=1"}, config);
+  auto over = helper({"container=vm1", "/m", "-o", "namespace=default,threads=1"}, config);
   ASSERT_TRUE(over);
   EXPECT_EQ(over->request.containerd->ns, "default");
   EXPECT_EQ(over->request.threads, 1U);
@@ -260,8 +248,7 @@ TEST(MountHelper, ConfigGivesTheDefaultsAndOptionsWin) {
 }
 
 TEST(MountHelper, SnapshotsNeedASnapshotterAndBundlesNameTheContainer) {
-  auto snapshot =
-      helper({"snapshot:default/7/x", "/m", "-o", "snapshotter=devmapper"});
+  auto snapshot = helper({"snapshot:default/7/x", "/m", "-o", "snapshotter=devmapper"});
   ASSERT_TRUE(snapshot) << snapshot.error().to_string();
   EXPECT_EQ(snapshot->request.containerd->snapshot, "default/7/x");
   EXPECT_EQ(snapshot->request.containerd->snapshotter, "devmapper");
@@ -271,15 +258,11 @@ TEST(MountHelper, SnapshotsNeedASnapshotterAndBundlesNameTheContainer) {
   auto lacking = helper({"parent:sha256:abc", "/m"});
   ASSERT_FALSE(lacking);
   EXPECT_EQ(lacking.error().kind, ErrorKind::usage);
-  EXPECT_NE(lacking.error().message.find("snapshotter=NAME"),
-            std::string::npos);
+  EXPECT_NE(lacking.error().message.find("snapshotter=NAME"), std::string::npos);
 
-  auto bundle =
-      helper({"bundle:/run/containerd/io.containerd.runtime.v2.task/k8s.io/vm7",
-              "/m"});
+  auto bundle = helper({"bundle:/run/containerd/io.containerd.runtime.v2.task/k8s.io/vm7", "/m"});
   ASSERT_TRUE(bundle) << bundle.error().to_string();
-  EXPECT_EQ(bundle->request.bundle,
-            "/run/containerd/io.containerd.runtime.v2.task/k8s.io/vm7");
+  EXPECT_EQ(bundle->request.bundle, "/run/containerd/io.containerd.runtime.v2.task/k8s.io/vm7");
   EXPECT_EQ(bundle->request.containerd->container, "vm7");
   EXPECT_EQ(bundle->request.containerd->ns, "k8s.io");
 }
@@ -292,52 +275,24 @@ TEST(MountHelper, RefusesWhatItCannotHonour) {
   };
   for (const auto& c : std::vector<Case>{
            {{"/r"}, ErrorKind::usage, "usage: mount.fuse.urunc-bootfs"},
-           {{"/r", "/m", "/x"},
-            ErrorKind::usage,
-            "usage: mount.fuse.urunc-bootfs"},
-           {{"/r", "/m", "-o", "noexec"},
-            ErrorKind::usage,
-            "noexec is not supported"},
-           {{"/r", "/m", "-o", "suid"},
-            ErrorKind::usage,
-            "suid is not supported"},
-           {{"/r", "/m", "-o", "dev"},
-            ErrorKind::usage,
-            "dev is not supported"},
-           {{"/r", "/m", "-o", "fsname=x"},
-            ErrorKind::usage,
-            "fsname is not supported"},
-           {{"/r", "/m", "-o", "bogus"},
-            ErrorKind::usage,
-            "unknown mount option \"bogus\""},
-           {{"/r", "/m", "-o", "kernel"},
-            ErrorKind::usage,
-            "kernel needs a value"},
-           {{"/r", "/m", "-o", "kernel="},
-            ErrorKind::usage,
-            "kernel needs a value"},
+           {{"/r", "/m", "/x"}, ErrorKind::usage, "usage: mount.fuse.urunc-bootfs"},
+           {{"/r", "/m", "-o", "noexec"}, ErrorKind::usage, "noexec is not supported"},
+           {{"/r", "/m", "-o", "suid"}, ErrorKind::usage, "suid is not supported"},
+           {{"/r", "/m", "-o", "dev"}, ErrorKind::usage, "dev is not supported"},
+           {{"/r", "/m", "-o", "fsname=x"}, ErrorKind::usage, "fsname is not supported"},
+           {{"/r", "/m", "-o", "bogus"}, ErrorKind::usage, "unknown mount option \"bogus\""},
+           {{"/r", "/m", "-o", "kernel"}, ErrorKind::usage, "kernel needs a value"},
+           {{"/r", "/m", "-o", "kernel="}, ErrorKind::usage, "kernel needs a value"},
            {{"/r", "/m", "-o", "threads=0"}, ErrorKind::usage, "threads=0"},
            {{"/r", "/m", "-o", "threads=x"}, ErrorKind::usage, "threads=x"},
-           {{"/r", "/m", "-o", "passthrough=yes"},
-            ErrorKind::usage,
-            "passthrough=yes"},
-           {{"/r", "/m", "-o", "log_level=loud"},
-            ErrorKind::usage,
-            "log_level=loud"},
-           {{"/r", "/m", "-o", "namespace=x"},
-            ErrorKind::usage,
-            "do not apply to a directory"},
-           {{"containerd:a/vm", "/m", "-o", "namespace=b"},
-            ErrorKind::usage,
-            "namespace \"a\""},
-           {{"container=vm", "/m", "-o", "timeout=5"},
-            ErrorKind::usage,
-            "timeout=5"},
+           {{"/r", "/m", "-o", "passthrough=yes"}, ErrorKind::usage, "passthrough=yes"},
+           {{"/r", "/m", "-o", "log_level=loud"}, ErrorKind::usage, "log_level=loud"},
+           {{"/r", "/m", "-o", "namespace=x"}, ErrorKind::usage, "do not apply to a directory"},
+           {{"containerd:a/vm", "/m", "-o", "namespace=b"}, ErrorKind::usage, "namespace \"a\""},
+           {{"container=vm", "/m", "-o", "timeout=5"}, ErrorKind::usage, "timeout=5"},
            {{"/r", "/m", "-w"}, ErrorKind::usage, "read-only"},
            {{"/r", "/m", "-N", "/proc/1/ns/mnt"}, ErrorKind::usage, "-N"},
-           {{"/r", "/m", "-t", "fuse.sshfs"},
-            ErrorKind::usage,
-            "not fuse.urunc-bootfs"},
+           {{"/r", "/m", "-t", "fuse.sshfs"}, ErrorKind::usage, "not fuse.urunc-bootfs"},
            {{"/r", "/m", "-x"}, ErrorKind::usage, "unknown flag -x"},
            {{"/r", "/m", "-o"}, ErrorKind::usage, "-o needs a value"},
        }) {
@@ -366,14 +321,13 @@ TEST(MountHelper, TheConfigNarrowsTheOptions) {
   Config config;
   config.path = "/etc/urunc-bootfs/config.json";
   config.allowed_mount_options = {"kernel", "initrd"};
-  EXPECT_TRUE(
-      helper({"/r", "/m", "-o", "kernel=/k,initrd=/i,ro,x-foo"}, config));
+  EXPECT_TRUE(helper({"/r", "/m", "-o", "kernel=/k,initrd=/i,ro,x-foo"}, config));
   auto refused = helper({"/r", "/m", "-o", "kernel=/k,threads=9"}, config);
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().kind, ErrorKind::permission);
-  EXPECT_NE(refused.error().message.find(
-                "threads= is not allowed by /etc/urunc-bootfs/config.json"),
-            std::string::npos)
+  EXPECT_NE(
+      refused.error().message.find("threads= is not allowed by /etc/urunc-bootfs/config.json"),
+      std::string::npos)
       << refused.error().message;
   config.allowed_mount_options.clear();
   EXPECT_TRUE(helper({"/r", "/m", "-o", "rw,defaults"}, config));

@@ -110,8 +110,7 @@ class ContainerdClient : public ::testing::Test {
     options.timeout = 5000ms;
     auto client = Client::connect(options);
     if (!client) {
-      start_error_ =
-          client.error().to_string() + "\ncontainerd log:\n" + read_file(log);
+      start_error_ = client.error().to_string() + "\ncontainerd log:\n" + read_file(log);
       return;
     }
     client_ = client->release();
@@ -144,17 +143,15 @@ class ContainerdClient : public ::testing::Test {
   }
 
   static CommandResult ctr(const std::string& args) {
-    return run(std::string(kCtr) + " --address '" + socket_ + "' --namespace " +
-               kNamespace + " " + args);
+    return run(std::string(kCtr) + " --address '" + socket_ + "' --namespace " + kNamespace + " " +
+               args);
   }
 
   // A committed overlayfs snapshot `name` holding `files`, on `parent`.
-  static void commit_snapshot(
-      const std::string& name, const std::string& parent,
-      const std::vector<std::pair<std::string, std::string>>& files) {
+  static void commit_snapshot(const std::string& name, const std::string& parent,
+                              const std::vector<std::pair<std::string, std::string>>& files) {
     const std::string key = name + "-active";
-    const auto prepared =
-        ctr("snapshots --snapshotter overlayfs prepare " + key + " " + parent);
+    const auto prepared = ctr("snapshots --snapshotter overlayfs prepare " + key + " " + parent);
     ASSERT_EQ(prepared.status, 0) << prepared.output;
     // Our own Mounts call tells where the active snapshot lives.
     auto mounts = client_->mounts("overlayfs", key);
@@ -172,12 +169,11 @@ class ContainerdClient : public ::testing::Test {
     for (const auto& [path, content] : files) {
       ASSERT_TRUE(write_file(upper + "/" + path, content));
     }
-    const auto committed =
-        ctr("snapshots --snapshotter overlayfs commit " + name + " " + key);
+    const auto committed = ctr("snapshots --snapshotter overlayfs commit " + name + " " + key);
     ASSERT_EQ(committed.status, 0) << committed.output;
     // Unreferenced snapshots are garbage; keep this one for the test.
-    const auto labelled = ctr("snapshots --snapshotter overlayfs label " +
-                              name + " containerd.io/gc.root=test");
+    const auto labelled =
+        ctr("snapshots --snapshotter overlayfs label " + name + " containerd.io/gc.root=test");
     ASSERT_EQ(labelled.status, 0) << labelled.output;
   }
 
@@ -210,8 +206,7 @@ TEST_F(ContainerdClient, UnknownSnapshotterAndContainer) {
   auto container = client_->get_container("no-such-container");
   ASSERT_FALSE(container);
   EXPECT_EQ(container.error().kind, ErrorKind::not_found);
-  EXPECT_TRUE(
-      contains(container.error().message, "container \"no-such-container\""))
+  EXPECT_TRUE(contains(container.error().message, "container \"no-such-container\""))
       << container.error().message;
 }
 
@@ -238,14 +233,11 @@ TEST_F(ContainerdClient, LeaseRoundTripAndNamespaces) {
   const std::string filter = "labels.\"" + std::string(kOwnerLabel) + "\"";
   auto leases = client_->list_leases({filter});
   ASSERT_TRUE(leases) << leases.error().to_string();
-  EXPECT_EQ(std::ranges::count_if(*leases,
-                                  [&](const Lease& l) { return l.id == id; }),
-            1);
+  EXPECT_EQ(std::ranges::count_if(*leases, [&](const Lease& l) { return l.id == id; }), 1);
   auto unfiltered = client_->list_leases();
   ASSERT_TRUE(unfiltered);
   EXPECT_GE(unfiltered->size(), leases->size());
-  auto other_owner = client_->list_leases(
-      {"labels.\"" + std::string(kOwnerLabel) + "\"==nobody"});
+  auto other_owner = client_->list_leases({"labels.\"" + std::string(kOwnerLabel) + "\"==nobody"});
   ASSERT_TRUE(other_owner) << other_owner.error().to_string();
   EXPECT_TRUE(other_owner->empty());
 
@@ -254,14 +246,12 @@ TEST_F(ContainerdClient, LeaseRoundTripAndNamespaces) {
   EXPECT_EQ(other_ns->ns(), "urunc-bootfs-other");
   auto elsewhere = other_ns->list_leases();
   ASSERT_TRUE(elsewhere) << elsewhere.error().to_string();
-  EXPECT_TRUE(std::ranges::none_of(*elsewhere,
-                                   [&](const Lease& l) { return l.id == id; }));
+  EXPECT_TRUE(std::ranges::none_of(*elsewhere, [&](const Lease& l) { return l.id == id; }));
 
   ASSERT_TRUE(client_->delete_lease(id, true));
   leases = client_->list_leases({filter});
   ASSERT_TRUE(leases);
-  EXPECT_TRUE(std::ranges::none_of(*leases,
-                                   [&](const Lease& l) { return l.id == id; }));
+  EXPECT_TRUE(std::ranges::none_of(*leases, [&](const Lease& l) { return l.id == id; }));
   auto gone = client_->delete_lease(id, true);
   ASSERT_FALSE(gone);
   EXPECT_EQ(gone.error().kind, ErrorKind::not_found);
@@ -287,10 +277,10 @@ TEST_F(ContainerdClient, ViewUnderLeaseMountsDetachedAndGoesWithTheLease) {
   const std::string view_key = unique_key();
   const auto owner = current_owner();
   ASSERT_TRUE(owner);
-  ASSERT_TRUE(client_->create_lease(
-      lease_id, {{std::string(kOwnerLabel), owner_label_value(*owner)},
-                 {std::string(kViewLabel), view_key},
-                 {std::string(kSnapshotterLabel), "overlayfs"}}));
+  ASSERT_TRUE(
+      client_->create_lease(lease_id, {{std::string(kOwnerLabel), owner_label_value(*owner)},
+                                       {std::string(kViewLabel), view_key},
+                                       {std::string(kSnapshotterLabel), "overlayfs"}}));
 
   // One layer: overlayfs answers with a ro rbind of that layer.
   const std::string single_key = unique_key();
@@ -298,13 +288,11 @@ TEST_F(ContainerdClient, ViewUnderLeaseMountsDetachedAndGoesWithTheLease) {
   ASSERT_TRUE(single) << single.error().to_string();
   ASSERT_EQ(single->size(), 1U);
   EXPECT_EQ((*single)[0].type, "bind");
-  EXPECT_NE(std::ranges::find((*single)[0].options, "ro"),
-            (*single)[0].options.end());
+  EXPECT_NE(std::ranges::find((*single)[0].options, "ro"), (*single)[0].options.end());
 
   // Two layers: an overlay with lowerdir=top:bottom.
   const Labels view_labels{{std::string(kOwnerLabel), "x"}};
-  auto mounts =
-      client_->view("overlayfs", view_key, "layer-2", view_labels, lease_id);
+  auto mounts = client_->view("overlayfs", view_key, "layer-2", view_labels, lease_id);
   ASSERT_TRUE(mounts) << mounts.error().to_string();
   ASSERT_EQ(mounts->size(), 1U);
   EXPECT_EQ((*mounts)[0].type, "overlay");
@@ -318,8 +306,8 @@ TEST_F(ContainerdClient, ViewUnderLeaseMountsDetachedAndGoesWithTheLease) {
   EXPECT_EQ(info->parent, "layer-2");
   EXPECT_EQ(info->labels, view_labels);
 
-  auto listed = client_->list_snapshots(
-      "overlayfs", {"labels.\"" + std::string(kOwnerLabel) + "\""});
+  auto listed =
+      client_->list_snapshots("overlayfs", {"labels.\"" + std::string(kOwnerLabel) + "\""});
   ASSERT_TRUE(listed) << listed.error().to_string();
   ASSERT_EQ(listed->size(), 1U);
   EXPECT_EQ((*listed)[0].name, view_key);
@@ -367,19 +355,15 @@ TEST_F(ContainerdClient, RemoveView) {
   auto twice = client_->remove("overlayfs", key);
   ASSERT_FALSE(twice);
   EXPECT_EQ(twice.error().kind, ErrorKind::not_found);
-  auto missing_parent =
-      client_->view("overlayfs", unique_key(), "no-such-parent", {}, lease_id);
+  auto missing_parent = client_->view("overlayfs", unique_key(), "no-such-parent", {}, lease_id);
   ASSERT_FALSE(missing_parent);
-  EXPECT_EQ(missing_parent.error().kind, ErrorKind::not_found)
-      << missing_parent.error().message;
+  EXPECT_EQ(missing_parent.error().kind, ErrorKind::not_found) << missing_parent.error().message;
   EXPECT_TRUE(contains(missing_parent.error().message, "no-such-parent"));
   // A view under a lease that does not exist is refused, and not created.
   const std::string orphan = unique_key();
-  auto no_lease =
-      client_->view("overlayfs", orphan, "layer-r", {}, "no-such-lease");
+  auto no_lease = client_->view("overlayfs", orphan, "layer-r", {}, "no-such-lease");
   ASSERT_FALSE(no_lease);
-  EXPECT_EQ(no_lease.error().kind, ErrorKind::not_found)
-      << no_lease.error().message;
+  EXPECT_EQ(no_lease.error().kind, ErrorKind::not_found) << no_lease.error().message;
   // Proves the lease header reaches containerd.
   EXPECT_TRUE(contains(no_lease.error().message, "lease does not exist"))
       << no_lease.error().message;
@@ -396,8 +380,7 @@ TEST(ClientConnect, MissingSocketFailsAtOnceNamingIt) {
   auto client = Client::connect(options);
   ASSERT_FALSE(client);
   EXPECT_EQ(client.error().kind, ErrorKind::unavailable);
-  EXPECT_TRUE(contains(client.error().message, options.address))
-      << client.error().message;
+  EXPECT_TRUE(contains(client.error().message, options.address)) << client.error().message;
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
 
   options.address = "unix://" + (dir / "nothing.sock");
@@ -422,16 +405,14 @@ TEST(ClientConnect, SilentSocketTimesOutNamingTheAddress) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  ASSERT_EQ(::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr),
-            0);
+  ASSERT_EQ(::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
   ClientOptions options;
   options.address = path;
   options.timeout = 300ms;
   auto client = Client::connect(options);
   ASSERT_FALSE(client);
   EXPECT_EQ(client.error().kind, ErrorKind::unavailable);
-  EXPECT_EQ(client.error().message,
-            "containerd at " + path + " did not answer within 300 ms");
+  EXPECT_EQ(client.error().message, "containerd at " + path + " did not answer within 300 ms");
 }
 
 TEST(ClientConnect, EmptyAddressIsUsage) {

@@ -74,8 +74,7 @@ bool have(const char* tool) {
 std::string device_of(int fd) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return "?";
-  return std::to_string(major(st.st_dev)) + ":" +
-         std::to_string(minor(st.st_dev));
+  return std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev));
 }
 
 class DetachedMountTest : public ::testing::Test {
@@ -113,8 +112,7 @@ TEST_F(DetachedMountTest, Ext4ImageThroughReadOnlyAutoclearLoop) {
   ASSERT_TRUE(write_file(dir_ / "src/boot/kernel", "kernel bytes\n"));
   ASSERT_TRUE(write_file(dir_ / "src/urunc.json", "{}\n"));
   const std::string image = dir_ / "rootfs.ext4";
-  const auto mkfs =
-      run("mkfs.ext4 -q -F -d '" + (dir_ / "src") + "' '" + image + "' 8M");
+  const auto mkfs = run("mkfs.ext4 -q -F -d '" + (dir_ / "src") + "' '" + image + "' 8M");
   ASSERT_EQ(mkfs.status, 0) << mkfs.output;
   const int fds_before = count_open_fds();
   std::string loop;
@@ -148,9 +146,7 @@ TEST_F(DetachedMountTest, MoveAssignReleasesTheOldMount) {
   ASSERT_TRUE(write_file(dir_ / "a/file", "a"));
   ASSERT_TRUE(write_file(dir_ / "b/file", "b"));
   const std::string image = dir_ / "a.ext4";
-  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "a") + "' '" + image + "' 4M")
-                .status,
-            0);
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "a") + "' '" + image + "' 4M").status, 0);
   auto first = mount_detached({Mount{"ext4", image, "", {"loop", "ro"}}});
   ASSERT_TRUE(first) << first.error().to_string();
   auto second = mount_detached({Mount{"bind", dir_ / "b", "", {"ro"}}});
@@ -167,16 +163,14 @@ TEST_F(DetachedMountTest, BtrfsDeviceWithSubvolid) {
   const std::string image = dir_ / "btrfs.img";
   { std::ofstream create(image); }
   ASSERT_EQ(::truncate(image.c_str(), 128LL << 20), 0);
-  const auto mkfs =
-      run("mkfs.btrfs -q -f -r '" + (dir_ / "src") + "' '" + image + "'");
+  const auto mkfs = run("mkfs.btrfs -q -f -r '" + (dir_ / "src") + "' '" + image + "'");
   ASSERT_EQ(mkfs.status, 0) << mkfs.output;
   {
     // The shape containerd's btrfs snapshotter returns: a device and a
     // subvolume id (5 is the top level).
     auto device = LoopDevice::attach(image);
     ASSERT_TRUE(device) << device.error().to_string();
-    auto mount = mount_detached(
-        {Mount{"btrfs", device->path(), "", {"subvolid=5", "ro"}}});
+    auto mount = mount_detached({Mount{"btrfs", device->path(), "", {"subvolid=5", "ro"}}});
     ASSERT_TRUE(mount) << mount.error().to_string();
     EXPECT_EQ(mount->plan().form, MountPlan::Form::block);
     EXPECT_EQ(read_at(mount->root_fd(), "kernel"), "btrfs kernel");
@@ -189,8 +183,7 @@ TEST_F(DetachedMountTest, BtrfsDeviceWithSubvolid) {
 TEST_F(DetachedMountTest, BindIsReadOnlyAndInvisible) {
   ASSERT_TRUE(write_file(dir_ / "fs/unikernel/app", "app bytes"));
   {
-    auto mount =
-        mount_detached({Mount{"bind", dir_ / "fs", "", {"rw", "rbind"}}});
+    auto mount = mount_detached({Mount{"bind", dir_ / "fs", "", {"rw", "rbind"}}});
     ASSERT_TRUE(mount) << mount.error().to_string();
     EXPECT_EQ(read_at(mount->root_fd(), "unikernel/app"), "app bytes");
     EXPECT_EQ(create_errno(mount->root_fd(), "new"), EROFS);
@@ -205,10 +198,7 @@ TEST_F(DetachedMountTest, OverlayTopLayerWins) {
   ASSERT_TRUE(write_file(dir_ / "bottom/same", "bottom"));
   ASSERT_TRUE(write_file(dir_ / "bottom/only-bottom", "only in bottom"));
   auto mount = mount_detached(
-      {Mount{"overlay",
-             "overlay",
-             "",
-             {"lowerdir=" + (dir_ / "top") + ":" + (dir_ / "bottom")}}});
+      {Mount{"overlay", "overlay", "", {"lowerdir=" + (dir_ / "top") + ":" + (dir_ / "bottom")}}});
   ASSERT_TRUE(mount) << mount.error().to_string();
   EXPECT_EQ(mount->plan().lowerdirs.size(), 2U);
   EXPECT_EQ(read_at(mount->root_fd(), "same"), "top");
@@ -221,10 +211,7 @@ TEST_F(DetachedMountTest, KernelRefusalNamesTheReasonAndLeavesNothing) {
   if (!have("mkfs.ext4")) GTEST_SKIP() << "mkfs.ext4 not installed";
   ASSERT_TRUE(write_file(dir_ / "src/f", "x"));
   const std::string image = dir_ / "bad.ext4";
-  ASSERT_EQ(
-      run("mkfs.ext4 -q -F -d '" + (dir_ / "src") + "' '" + image + "' 4M")
-          .status,
-      0);
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "src") + "' '" + image + "' 4M").status, 0);
   const int fds_before = count_open_fds();
   // plan_mount() would refuse this; a hand-made plan reaches the kernel.
   MountPlan plan;
@@ -235,11 +222,9 @@ TEST_F(DetachedMountTest, KernelRefusalNamesTheReasonAndLeavesNothing) {
   auto mount = mount_planned(plan);
   ASSERT_FALSE(mount);
   EXPECT_EQ(mount.error().sys_errno, EINVAL);
-  EXPECT_NE(mount.error().message.find("fsconfig ext4 nouuid"),
-            std::string::npos)
+  EXPECT_NE(mount.error().message.find("fsconfig ext4 nouuid"), std::string::npos)
       << mount.error().message;
-  EXPECT_NE(mount.error().message.find("kernel: "), std::string::npos)
-      << mount.error().message;
+  EXPECT_NE(mount.error().message.find("kernel: "), std::string::npos) << mount.error().message;
   EXPECT_NE(mount.error().message.find("nouuid"), std::string::npos);
   EXPECT_EQ(loops_of(image, true), "") << "loop device left behind";
   EXPECT_EQ(count_open_fds(), fds_before);
@@ -252,16 +237,14 @@ TEST_F(DetachedMountTest, NotAFilesystemLeavesNothing) {
   const int fds_before = count_open_fds();
   auto mount = mount_detached({Mount{"ext4", image, "", {"loop", "ro"}}});
   ASSERT_FALSE(mount);
-  EXPECT_NE(mount.error().message.find("create ext4 superblock on /dev/loop"),
-            std::string::npos)
+  EXPECT_NE(mount.error().message.find("create ext4 superblock on /dev/loop"), std::string::npos)
       << mount.error().message;
   EXPECT_EQ(loops_of(image, true), "") << "loop device left behind";
   EXPECT_EQ(count_open_fds(), fds_before);
 }
 
 TEST_F(DetachedMountTest, MissingSources) {
-  auto image =
-      mount_detached({Mount{"ext4", dir_ / "missing.img", "", {"loop", "ro"}}});
+  auto image = mount_detached({Mount{"ext4", dir_ / "missing.img", "", {"loop", "ro"}}});
   ASSERT_FALSE(image);
   EXPECT_EQ(image.error().kind, ErrorKind::not_found);
   EXPECT_NE(image.error().message.find("missing.img"), std::string::npos);
@@ -276,11 +259,9 @@ TEST_F(DetachedMountTest, MissingSources) {
   EXPECT_EQ(file.error().kind, ErrorKind::invalid);
   EXPECT_NE(file.error().message.find("is not a directory"), std::string::npos);
 
-  auto dir_as_image =
-      mount_detached({Mount{"ext4", dir_.path(), "", {"loop", "ro"}}});
+  auto dir_as_image = mount_detached({Mount{"ext4", dir_.path(), "", {"loop", "ro"}}});
   ASSERT_FALSE(dir_as_image);
-  EXPECT_NE(dir_as_image.error().message.find("is not a regular file"),
-            std::string::npos);
+  EXPECT_NE(dir_as_image.error().message.find("is not a regular file"), std::string::npos);
 }
 
 // No system access: runs as any user.
@@ -288,13 +269,10 @@ TEST(MountCount, ExactlyOneMountIsSupported) {
   auto none = mount_detached({});
   ASSERT_FALSE(none);
   EXPECT_EQ(none.error().kind, ErrorKind::invalid);
-  EXPECT_EQ(none.error().message,
-            "the view has 0 mounts; exactly one is supported");
-  auto two = mount_detached(
-      {Mount{"bind", "/a", "", {}}, Mount{"bind", "/b", "", {}}});
+  EXPECT_EQ(none.error().message, "the view has 0 mounts; exactly one is supported");
+  auto two = mount_detached({Mount{"bind", "/a", "", {}}, Mount{"bind", "/b", "", {}}});
   ASSERT_FALSE(two);
-  EXPECT_EQ(two.error().message,
-            "the view has 2 mounts; exactly one is supported");
+  EXPECT_EQ(two.error().message, "the view has 2 mounts; exactly one is supported");
   auto bad = mount_detached({Mount{"tmpfs", "tmpfs", "", {}}});
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().kind, ErrorKind::invalid);

@@ -45,8 +45,7 @@ TEST(Devmapper, ParsesAThinTableLine) {
 }
 
 TEST(Devmapper, KeepsParamsAsGivenAndIgnoresTrailingNewline) {
-  auto line = parse_table_line(
-      "  8  16   thin-pool 7:1 7:0 128 32768 1 skip_block_zeroing\n");
+  auto line = parse_table_line("  8  16   thin-pool 7:1 7:0 128 32768 1 skip_block_zeroing\n");
   ASSERT_TRUE(line) << line.error().to_string();
   EXPECT_EQ(line->start, 8U);
   EXPECT_EQ(line->length, 16U);
@@ -63,20 +62,17 @@ TEST(Devmapper, ATargetMayHaveNoParams) {
 }
 
 TEST(Devmapper, RefusesBadTableLines) {
-  for (const char* bad :
-       {"", "0 10", "x 10 thin 1:2 0", "0 -1 thin 1:2 0", "0 0 thin 1:2 0",
-        "0 1e3 thin", "18446744073709551616 1 zero"}) {
+  for (const char* bad : {"", "0 10", "x 10 thin 1:2 0", "0 -1 thin 1:2 0", "0 0 thin 1:2 0",
+                          "0 1e3 thin", "18446744073709551616 1 zero"}) {
     auto line = parse_table_line(bad);
     ASSERT_FALSE(line) << "accepted \"" << bad << "\"";
     EXPECT_EQ(line.error().kind, ErrorKind::invalid);
-    EXPECT_NE(line.error().message.find("table line"), std::string::npos)
-        << line.error().message;
+    EXPECT_NE(line.error().message.find("table line"), std::string::npos) << line.error().message;
   }
 }
 
 TEST(Devmapper, ParsesAWholeTableAndRoundTrips) {
-  auto lines =
-      parse_table("0 1024 linear 7:0 0\n\n1024 1024 linear 7:1 2048\n");
+  auto lines = parse_table("0 1024 linear 7:0 0\n\n1024 1024 linear 7:1 2048\n");
   ASSERT_TRUE(lines) << lines.error().to_string();
   ASSERT_EQ(lines->size(), 2U);
   EXPECT_EQ((*lines)[1], (TableLine{1024, 1024, "linear", "7:1 2048"}));
@@ -110,10 +106,9 @@ TEST(Devmapper, RecognizesDeviceMapperSources) {
   ASSERT_TRUE(numbered);
   EXPECT_EQ(numbered->name, "");
   EXPECT_EQ(numbered->path, "/dev/dm-4");
-  for (const char* other :
-       {"/dev/mapper/control", "/dev/mapper/", "/dev/mapper/a/b",
-        "/dev/mapper/..", "/dev/dm-", "/dev/dm-x", "/dev/dm-1a", "/dev/loop0",
-        "/dev/vdb", "/var/lib/containerd/snapshots/1/fs", "overlay", ""}) {
+  for (const char* other : {"/dev/mapper/control", "/dev/mapper/", "/dev/mapper/a/b",
+                            "/dev/mapper/..", "/dev/dm-", "/dev/dm-x", "/dev/dm-1a", "/dev/loop0",
+                            "/dev/vdb", "/var/lib/containerd/snapshots/1/fs", "overlay", ""}) {
     EXPECT_FALSE(device_from_source(other)) << other;
     EXPECT_FALSE(is_devmapper_source(other)) << other;
   }
@@ -140,8 +135,7 @@ Info live_thin() {
 const std::vector<TableLine> kThinTable = {{0, 2097152, "thin", "253:0 3"}};
 
 TEST(Devmapper, ALiveThinDeviceCanBackAView) {
-  EXPECT_TRUE(
-      check_view_device(live_thin(), kThinTable, "/dev/mapper/pool-snap-3"));
+  EXPECT_TRUE(check_view_device(live_thin(), kThinTable, "/dev/mapper/pool-snap-3"));
   Info read_only = live_thin();
   read_only.read_only = true;
   read_only.open_count = 2;
@@ -182,10 +176,8 @@ TEST(Devmapper, RefusesMissingInactiveSuspendedAndNonThinDevices) {
     auto checked = check_view_device(c.info, c.table, "/dev/mapper/dev");
     ASSERT_FALSE(checked) << c.what;
     EXPECT_EQ(checked.error().kind, c.kind) << c.what;
-    EXPECT_NE(checked.error().message.find(c.says), std::string::npos)
-        << checked.error().message;
-    EXPECT_NE(checked.error().message.find("/dev/mapper/dev"),
-              std::string::npos)
+    EXPECT_NE(checked.error().message.find(c.says), std::string::npos) << checked.error().message;
+    EXPECT_NE(checked.error().message.find("/dev/mapper/dev"), std::string::npos)
         << checked.error().message;
   }
 }
@@ -215,8 +207,7 @@ TEST(Devmapper, ReportsWhetherThisHostHasDeviceMapper) {
   } else if (::geteuid() == 0) {
     EXPECT_EQ(why, "") << "root and /dev/mapper/control exists";
   }
-  if (!why.empty())
-    std::printf("device-mapper on this host: %s\n", why.c_str());
+  if (!why.empty()) std::printf("device-mapper on this host: %s\n", why.c_str());
 }
 
 TEST(Devmapper, InspectSkipsWithoutFailureWhereDeviceMapperIsNotAvailable) {
@@ -229,14 +220,12 @@ TEST(Devmapper, InspectSkipsWithoutFailureWhereDeviceMapperIsNotAvailable) {
     ASSERT_FALSE(inspected);
     EXPECT_EQ(inspected.error().kind, ErrorKind::not_found);
     EXPECT_NE(inspected.error().message.find(ref.path), std::string::npos);
-    GTEST_SKIP()
-        << "device-mapper is available here: the skip path is not exercised";
+    GTEST_SKIP() << "device-mapper is available here: the skip path is not exercised";
   }
   ASSERT_TRUE(inspected) << inspected.error().to_string();
   EXPECT_TRUE(inspected->skipped);
   EXPECT_EQ(inspected->check, "skipped: " + why);
-  EXPECT_TRUE(
-      inspected->check.starts_with("skipped: device-mapper not available"))
+  EXPECT_TRUE(inspected->check.starts_with("skipped: device-mapper not available"))
       << inspected->check;
   EXPECT_EQ(inspected->device, ref.path);
   // The verbs say why, as "unavailable"; confirming a skipped one claims
@@ -244,8 +233,7 @@ TEST(Devmapper, InspectSkipsWithoutFailureWhereDeviceMapperIsNotAvailable) {
   auto got = info(Query{"anything", 0, 0});
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().kind, ErrorKind::unavailable);
-  EXPECT_TRUE(got.error().message.starts_with(kNotAvailable))
-      << got.error().message;
+  EXPECT_TRUE(got.error().message.starts_with(kNotAvailable)) << got.error().message;
   auto lines = table(Query{"anything", 0, 0});
   ASSERT_FALSE(lines);
   EXPECT_EQ(lines.error().kind, ErrorKind::unavailable);
@@ -260,15 +248,13 @@ TEST(Devmapper, WaitForNodeWantsABlockDevice) {
   auto missing = wait_for_node(dir / "nothing", std::chrono::milliseconds(60));
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().kind, ErrorKind::not_found);
-  EXPECT_NE(missing.error().message.find("did not appear within 60 ms"),
-            std::string::npos)
+  EXPECT_NE(missing.error().message.find("did not appear within 60 ms"), std::string::npos)
       << missing.error().message;
   ASSERT_TRUE(write_file(dir / "file", "x"));
   auto regular = wait_for_node(dir / "file", std::chrono::milliseconds(10));
   ASSERT_FALSE(regular);
   EXPECT_EQ(regular.error().kind, ErrorKind::invalid);
-  EXPECT_NE(regular.error().message.find("not a block device"),
-            std::string::npos);
+  EXPECT_NE(regular.error().message.find("not a block device"), std::string::npos);
 }
 
 TEST(Devmapper, ProcessHoldsSeesOurFdsOnADevice) {
@@ -313,8 +299,7 @@ class ThinPool {
   std::string create(const TempDir& dir) {
     const std::string data = dir / "data.img";
     const std::string meta = dir / "meta.img";
-    if (auto r = run("truncate -s 96M '" + data + "' && truncate -s 8M '" +
-                     meta + "'");
+    if (auto r = run("truncate -s 96M '" + data + "' && truncate -s 8M '" + meta + "'");
         r.status != 0)
       return "truncate: " + r.output;
     for (const auto& file : {meta, data}) {
@@ -323,26 +308,20 @@ class ThinPool {
       loops_.push_back(trim(r.output));
     }
     // 96 MiB of 512-byte sectors; 64 KiB blocks (128 sectors).
-    const std::string pool_table = "0 196608 thin-pool " + loops_[0] + " " +
-                                   loops_[1] +
-                                   " 128 32768 1 skip_block_zeroing";
+    const std::string pool_table =
+        "0 196608 thin-pool " + loops_[0] + " " + loops_[1] + " 128 32768 1 skip_block_zeroing";
     if (auto r = dm_create(pool(), pool_table); !r.empty()) return r;
-    if (auto r = run("dmsetup message '" + pool() + "' 0 'create_thin 0'");
-        r.status != 0)
+    if (auto r = run("dmsetup message '" + pool() + "' 0 'create_thin 0'"); r.status != 0)
       return "create_thin: " + r.output;
-    if (auto r = dm_create(thin(), "0 131072 thin /dev/mapper/" + pool() + " 0",
-                           uuid());
+    if (auto r = dm_create(thin(), "0 131072 thin /dev/mapper/" + pool() + " 0", uuid());
         !r.empty())
       return r;
-    if (auto r = run("test -b /dev/mapper/'" + thin() +
-                     "' || dmsetup mknodes '" + thin() + "'");
+    if (auto r = run("test -b /dev/mapper/'" + thin() + "' || dmsetup mknodes '" + thin() + "'");
         r.status != 0)
       return "mknodes: " + r.output;
     const std::string tree = dir / "tree";
-    if (!write_file(tree + "/boot/kernel", "KERNEL-ON-THIN"))
-      return "cannot write the tree";
-    if (auto r = run("mkfs.ext4 -q -F -d '" + tree + "' /dev/mapper/'" +
-                     thin() + "'");
+    if (!write_file(tree + "/boot/kernel", "KERNEL-ON-THIN")) return "cannot write the tree";
+    if (auto r = run("mkfs.ext4 -q -F -d '" + tree + "' /dev/mapper/'" + thin() + "'");
         r.status != 0)
       return "mkfs.ext4: " + r.output;
     if (auto r = dm_create(zero(), "0 2048 zero"); !r.empty()) return r;
@@ -364,9 +343,8 @@ class ThinPool {
  private:
   std::string dm_create(const std::string& name, const std::string& table_text,
                         const std::string& id = {}) {
-    auto r = run("dmsetup create '" + name + "'" +
-                 (id.empty() ? "" : " --uuid '" + id + "'") + " --table '" +
-                 table_text + "'");
+    auto r = run("dmsetup create '" + name + "'" + (id.empty() ? "" : " --uuid '" + id + "'") +
+                 " --table '" + table_text + "'");
     if (r.status != 0) return "dmsetup create " + name + ": " + r.output;
     devices_.push_back(name);
     return {};
@@ -413,13 +391,10 @@ TEST(DevmapperIntegration, InspectsAThinDeviceAndConfirmsItsRelease) {
   EXPECT_EQ(inspected->table[0].length, 131072U);
   ASSERT_TRUE(inspected->thin);
   EXPECT_EQ(inspected->thin->device_id, 0U);
-  EXPECT_EQ(inspected->dev,
-            ::makedev(inspected->info.major, inspected->info.minor));
-  const std::string dm_node =
-      "/dev/dm-" + std::to_string(inspected->info.minor);
+  EXPECT_EQ(inspected->dev, ::makedev(inspected->info.major, inspected->info.minor));
+  const std::string dm_node = "/dev/dm-" + std::to_string(inspected->info.minor);
   if (::access(dm_node.c_str(), F_OK) == 0) {
-    auto by_node =
-        inspect(*device_from_source(dm_node), std::chrono::seconds(1));
+    auto by_node = inspect(*device_from_source(dm_node), std::chrono::seconds(1));
     ASSERT_TRUE(by_node) << by_node.error().to_string();
     EXPECT_EQ(by_node->info.name, pool.thin());
   }
@@ -429,8 +404,7 @@ TEST(DevmapperIntegration, InspectsAThinDeviceAndConfirmsItsRelease) {
 
   // A detached mount of it holds it; once closed, nobody does.
   {
-    auto mounted = mount_detached(
-        {Mount{"ext4", "/dev/mapper/" + pool.thin(), "", {"ro"}}});
+    auto mounted = mount_detached({Mount{"ext4", "/dev/mapper/" + pool.thin(), "", {"ro"}}});
     ASSERT_TRUE(mounted) << mounted.error().to_string();
     auto held = info(Query{pool.thin(), 0, 0});
     ASSERT_TRUE(held);
@@ -454,12 +428,10 @@ TEST(DevmapperIntegration, InspectsAThinDeviceAndConfirmsItsRelease) {
   EXPECT_TRUE(inspect(*ref, std::chrono::seconds(1)));
 
   // Not thin: refused, naming the target.
-  auto zero = inspect(*device_from_source("/dev/mapper/" + pool.zero()),
-                      std::chrono::seconds(10));
+  auto zero = inspect(*device_from_source("/dev/mapper/" + pool.zero()), std::chrono::seconds(10));
   ASSERT_FALSE(zero);
   EXPECT_EQ(zero.error().kind, ErrorKind::precondition);
-  EXPECT_NE(zero.error().message.find("\"zero\""), std::string::npos)
-      << zero.error().message;
+  EXPECT_NE(zero.error().message.find("\"zero\""), std::string::npos) << zero.error().message;
 
   // Removed: gone.
   ASSERT_EQ(pool.remove(pool.thin()), "");

@@ -30,8 +30,7 @@ std::string refused(const Mount& mount) {
 
 TEST(MountSpec, OverlayfsSingleLayerViewIsRoRbind) {
   // What containerd's overlayfs snapshotter returns for a 1-layer view.
-  const auto plan =
-      ok({"bind", "/var/lib/c/snapshots/1/fs", "", {"ro", "rbind"}});
+  const auto plan = ok({"bind", "/var/lib/c/snapshots/1/fs", "", {"ro", "rbind"}});
   EXPECT_EQ(plan.form, Form::bind);
   EXPECT_EQ(plan.source, "/var/lib/c/snapshots/1/fs");
   EXPECT_TRUE(plan.recursive);
@@ -49,10 +48,7 @@ TEST(MountSpec, BindFormsAndIgnoredOptions) {
   EXPECT_EQ(ok({"ext4", "/a", "", {"bind"}}).form, Form::bind);
   // rw is overridden: a view is always mounted read-only.
   const auto rw =
-      ok({"bind",
-          "/a",
-          "",
-          {"rw", "rbind", "nosuid", "nodev", "noexec", "noatime", "rprivate"}});
+      ok({"bind", "/a", "", {"rw", "rbind", "nosuid", "nodev", "noexec", "noatime", "rprivate"}});
   EXPECT_TRUE(rw.read_only);
 }
 
@@ -63,21 +59,16 @@ TEST(MountSpec, BindRefusals) {
             "unsupported option \"mode=755\" for mount type \"none\"");
   EXPECT_EQ(refused({"bind", "relative/dir", "", {"ro"}}),
             "bind source \"relative/dir\" is not an absolute path");
-  EXPECT_EQ(refused({"bind", "", "", {"ro"}}),
-            "bind source \"\" is not an absolute path");
+  EXPECT_EQ(refused({"bind", "", "", {"ro"}}), "bind source \"\" is not an absolute path");
 }
 
 TEST(MountSpec, OverlayViewKeepsLayerOrderTopFirst) {
-  const auto plan =
-      ok({"overlay",
-          "overlay",
-          "",
-          {"index=off", "userxattr", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs"}});
+  const auto plan = ok(
+      {"overlay", "overlay", "", {"index=off", "userxattr", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs"}});
   EXPECT_EQ(plan.form, Form::overlay);
   EXPECT_EQ(plan.fstype, "overlay");
   EXPECT_EQ(plan.source, "overlay");
-  EXPECT_EQ(plan.lowerdirs,
-            (std::vector<std::string>{"/s/3/fs", "/s/2/fs", "/s/1/fs"}));
+  EXPECT_EQ(plan.lowerdirs, (std::vector<std::string>{"/s/3/fs", "/s/2/fs", "/s/1/fs"}));
   EXPECT_EQ(plan.fs_params, (Params{{"index", "off"}, {"userxattr", ""}}));
   EXPECT_TRUE(plan.read_only);
 }
@@ -86,28 +77,23 @@ TEST(MountSpec, OverlayHarmlessParameters) {
   const auto plan = ok({"overlay",
                         "",
                         "",
-                        {"ro", "lowerdir=/a:/b", "redirect_dir=follow",
-                         "metacopy=on", "xino=off", "volatile", "noatime"}});
+                        {"ro", "lowerdir=/a:/b", "redirect_dir=follow", "metacopy=on", "xino=off",
+                         "volatile", "noatime"}});
   EXPECT_EQ(plan.source, "overlay");
-  EXPECT_EQ(plan.fs_params, (Params{{"redirect_dir", "follow"},
-                                    {"metacopy", "on"},
-                                    {"xino", "off"},
-                                    {"volatile", ""}}));
+  EXPECT_EQ(
+      plan.fs_params,
+      (Params{{"redirect_dir", "follow"}, {"metacopy", "on"}, {"xino", "off"}, {"volatile", ""}}));
   EXPECT_EQ(ok({"overlay", "x", "", {"lowerdir=/only"}}).lowerdirs.size(), 1U);
 }
 
 TEST(MountSpec, OverlayRefusals) {
-  EXPECT_EQ(refused({"overlay",
-                     "overlay",
-                     "",
-                     {"lowerdir=/a:/b", "upperdir=/u", "workdir=/w"}}),
+  EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a:/b", "upperdir=/u", "workdir=/w"}}),
             "overlay option \"upperdir=/u\": a view has no upperdir or workdir "
             "(is this an active snapshot?)");
   EXPECT_EQ(refused({"overlay", "overlay", "", {"workdir=/w", "lowerdir=/a"}}),
             "overlay option \"workdir=/w\": a view has no upperdir or workdir "
             "(is this an active snapshot?)");
-  EXPECT_EQ(refused({"overlay", "overlay", "", {"ro"}}),
-            "overlay mount without lowerdir");
+  EXPECT_EQ(refused({"overlay", "overlay", "", {"ro"}}), "overlay mount without lowerdir");
   EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a", "lowerdir=/b"}}),
             "overlay has lowerdir twice");
   EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a::/b"}}),
@@ -122,10 +108,8 @@ TEST(MountSpec, OverlayRefusals) {
             "unsupported option \"userxattr=1\" for mount type \"overlay\"");
   EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a", "loop"}}),
             "unsupported option \"loop\" for mount type \"overlay\"");
-  EXPECT_EQ(
-      refused(
-          {"overlay", "overlay", "", {"lowerdir=/a", "default_permissions"}}),
-      "unsupported option \"default_permissions\" for mount type \"overlay\"");
+  EXPECT_EQ(refused({"overlay", "overlay", "", {"lowerdir=/a", "default_permissions"}}),
+            "unsupported option \"default_permissions\" for mount type \"overlay\"");
 }
 
 TEST(MountSpec, BtrfsViewOnDevice) {
@@ -149,8 +133,7 @@ TEST(MountSpec, DevmapperViews) {
   EXPECT_EQ(xfs.fs_params, (Params{{"nouuid", ""}}));
   // "rw" on the spec does not make the plan writable.
   EXPECT_TRUE(ok({"ext4", "/dev/x", "", {"rw", "noload"}}).read_only);
-  EXPECT_EQ(ok({"ext4", "/dev/x", "", {"rw", "noload"}}).fs_params,
-            (Params{{"noload", ""}}));
+  EXPECT_EQ(ok({"ext4", "/dev/x", "", {"rw", "noload"}}).fs_params, (Params{{"noload", ""}}));
 }
 
 TEST(MountSpec, LoopImage) {
@@ -160,8 +143,7 @@ TEST(MountSpec, LoopImage) {
   EXPECT_EQ(plan.fstype, "ext4");
   EXPECT_EQ(plan.source, "/var/lib/c/snapshots/5");
   EXPECT_TRUE(plan.fs_params.empty());
-  EXPECT_EQ(ok({"erofs", "/l.erofs", "", {"ro", "loop"}}).form,
-            Form::loop_image);
+  EXPECT_EQ(ok({"erofs", "/l.erofs", "", {"ro", "loop"}}).form, Form::loop_image);
   EXPECT_EQ(ok({"squashfs", "/l.sqfs", "", {"loop"}}).form, Form::loop_image);
 }
 
@@ -174,25 +156,21 @@ TEST(MountSpec, BlockRefusals) {
             "unsupported option \"nouuid\" for mount type \"btrfs\"");
   EXPECT_EQ(refused({"btrfs", "/dev/x", "", {"subvolid=abc"}}),
             "option \"subvolid=abc\": subvolid is not a number");
-  EXPECT_EQ(refused({"btrfs", "/dev/x", "", {"subvol="}}),
-            "option \"subvol=\" has no value");
+  EXPECT_EQ(refused({"btrfs", "/dev/x", "", {"subvol="}}), "option \"subvol=\" has no value");
   EXPECT_EQ(refused({"btrfs", "/dev/x", "", {"subvolid"}}),
             "unsupported option \"subvolid\" for mount type \"btrfs\"");
   EXPECT_EQ(refused({"ext4", "dev/x", "", {"ro"}}),
             "block device \"dev/x\" is not an absolute path");
-  EXPECT_EQ(refused({"ext4", "img", "", {"loop"}}),
-            "image file \"img\" is not an absolute path");
+  EXPECT_EQ(refused({"ext4", "img", "", {"loop"}}), "image file \"img\" is not an absolute path");
 }
 
 TEST(MountSpec, UnknownTypes) {
   EXPECT_EQ(refused({"tmpfs", "tmpfs", "", {}}),
             "unsupported mount type \"tmpfs\" (source \"tmpfs\")");
-  EXPECT_EQ(refused({"", "/dev/x", "", {"ro"}}),
-            "unsupported mount type \"\" (source \"/dev/x\")");
+  EXPECT_EQ(refused({"", "/dev/x", "", {"ro"}}), "unsupported mount type \"\" (source \"/dev/x\")");
   EXPECT_EQ(refused({"fuse-overlayfs", "overlay", "", {"lowerdir=/a"}}),
             "unsupported mount type \"fuse-overlayfs\" (source \"overlay\")");
-  EXPECT_EQ(refused({"proc", "proc", "", {}}),
-            "unsupported mount type \"proc\" (source \"proc\")");
+  EXPECT_EQ(refused({"proc", "proc", "", {}}), "unsupported mount type \"proc\" (source \"proc\")");
 }
 
 TEST(MountSpec, FormNames) {

@@ -33,14 +33,13 @@ TEST(Owner, CurrentOwnerRoundTripsAndIsAlive) {
 }
 
 TEST(Owner, ParseRefusals) {
-  for (const char* bad : {"", "abc", "abc:1", ":1:2", "b:0:2", "b:-1:2",
-                          "b:x:2", "b:1:", "b:1:2x", "b:1:-2", "b::2"}) {
+  for (const char* bad : {"", "abc", "abc:1", ":1:2", "b:0:2", "b:-1:2", "b:x:2", "b:1:", "b:1:2x",
+                          "b:1:-2", "b::2"}) {
     const auto parsed = parse_owner(bad);
     EXPECT_FALSE(parsed) << bad;
     if (!parsed) {
       EXPECT_EQ(parsed.error().kind, ErrorKind::invalid);
-      EXPECT_NE(parsed.error().message.find(std::string("\"") + bad + "\""),
-                std::string::npos)
+      EXPECT_NE(parsed.error().message.find(std::string("\"") + bad + "\""), std::string::npos)
           << parsed.error().message;
     }
   }
@@ -99,9 +98,8 @@ TEST(Owner, UniqueKeysHaveThePrefixAndDiffer) {
   for (int i = 0; i < 1000; ++i) {
     const std::string key = unique_key();
     ASSERT_TRUE(key.starts_with(kKeyPrefix)) << key;
-    const std::string expected_head = std::string(kKeyPrefix) +
-                                      boot_id->substr(0, 8) + "-" +
-                                      std::to_string(::getpid()) + "-";
+    const std::string expected_head =
+        std::string(kKeyPrefix) + boot_id->substr(0, 8) + "-" + std::to_string(::getpid()) + "-";
     ASSERT_TRUE(key.starts_with(expected_head)) << key;
     keys.insert(key);
   }
@@ -109,8 +107,7 @@ TEST(Owner, UniqueKeysHaveThePrefixAndDiffer) {
 }
 
 TEST(Owner, LabelKeysShareThePrefix) {
-  for (auto key : {kOwnerLabel, kContainerLabel, kMountpointLabel, kViewLabel,
-                   kSnapshotterLabel}) {
+  for (auto key : {kOwnerLabel, kContainerLabel, kMountpointLabel, kViewLabel, kSnapshotterLabel}) {
     EXPECT_TRUE(key.starts_with(kLabelPrefix)) << key;
   }
 }

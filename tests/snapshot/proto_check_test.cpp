@@ -62,12 +62,10 @@ std::vector<std::string> tokenize(const std::string& text) {
       if (end == std::string::npos) throw std::runtime_error("open string");
       tokens.push_back(text.substr(i, end + 1 - i));
       i = end + 1;
-    } else if (std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
-               c == '.' || c == '-') {
+    } else if (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-') {
       size_t end = i;
-      while (end < text.size() &&
-             (std::isalnum(static_cast<unsigned char>(text[end])) ||
-              text[end] == '_' || text[end] == '.' || text[end] == '-')) {
+      while (end < text.size() && (std::isalnum(static_cast<unsigned char>(text[end])) ||
+                                   text[end] == '_' || text[end] == '.' || text[end] == '-')) {
         ++end;
       }
       tokens.push_back(text.substr(i, end - i));
@@ -182,8 +180,7 @@ class Parser {
         parse_message(name + ".");
       } else if (word == "enum") {
         parse_enum(name + ".");
-      } else if (word == "option" || word == "reserved" ||
-                 word == "extensions") {
+      } else if (word == "option" || word == "reserved" || word == "extensions") {
         skip_statement();
       } else if (word == "oneof") {
         next();
@@ -288,17 +285,14 @@ std::vector<std::string> compare(const ProtoFile& ours, const ProtoFile& real) {
       }
       const Field& r = real_field->second;
       if (field.number != r.number) {
-        problems.push_back("field " + where + " number " +
-                           std::to_string(field.number) +
+        problems.push_back("field " + where + " number " + std::to_string(field.number) +
                            " != " + std::to_string(r.number));
       }
       if (field.type != r.type) {
-        problems.push_back("field " + where + " type " + field.type +
-                           " != " + r.type);
+        problems.push_back("field " + where + " type " + field.type + " != " + r.type);
       }
       if (field.label != r.label) {
-        problems.push_back("field " + where + " label '" + field.label +
-                           "' != '" + r.label + "'");
+        problems.push_back("field " + where + " label '" + field.label + "' != '" + r.label + "'");
       }
     }
   }
@@ -311,11 +305,9 @@ std::vector<std::string> compare(const ProtoFile& ours, const ProtoFile& real) {
     for (const auto& [value, number] : e.values) {
       const auto real_value = it->second.values.find(value);
       if (real_value == it->second.values.end()) {
-        problems.push_back("enum value " + name + "." + value +
-                           " not in containerd");
+        problems.push_back("enum value " + name + "." + value + " not in containerd");
       } else if (real_value->second != number) {
-        problems.push_back("enum value " + name + "." + value + " = " +
-                           std::to_string(number) +
+        problems.push_back("enum value " + name + "." + value + " = " + std::to_string(number) +
                            " != " + std::to_string(real_value->second));
       }
     }
@@ -328,12 +320,11 @@ std::vector<std::string> compare(const ProtoFile& ours, const ProtoFile& real) {
     }
     const Rpc& r = it->second;
     if (rpc.request != r.request || rpc.response != r.response ||
-        rpc.client_stream != r.client_stream ||
-        rpc.server_stream != r.server_stream) {
-      problems.push_back("rpc " + name + " signature differs: (" + rpc.request +
-                         ") -> (" + (rpc.server_stream ? "stream " : "") +
-                         rpc.response + ") vs (" + r.request + ") -> (" +
-                         (r.server_stream ? "stream " : "") + r.response + ")");
+        rpc.client_stream != r.client_stream || rpc.server_stream != r.server_stream) {
+      problems.push_back("rpc " + name + " signature differs: (" + rpc.request + ") -> (" +
+                         (rpc.server_stream ? "stream " : "") + rpc.response + ") vs (" +
+                         r.request + ") -> (" + (r.server_stream ? "stream " : "") + r.response +
+                         ")");
     }
   }
   return problems;
@@ -451,10 +442,9 @@ TEST(ProtoCheck, ExpectedCallsAreDefined) {
     ASSERT_TRUE(text);
     for (auto& [name, rpc] : parse_text(*text).rpcs) rpcs[name] = rpc;
   }
-  for (const char* name :
-       {"Snapshots.Stat", "Snapshots.View", "Snapshots.Mounts",
-        "Snapshots.Remove", "Snapshots.List", "Leases.Create", "Leases.Delete",
-        "Leases.List", "Containers.Get", "Namespaces.List"}) {
+  for (const char* name : {"Snapshots.Stat", "Snapshots.View", "Snapshots.Mounts",
+                           "Snapshots.Remove", "Snapshots.List", "Leases.Create", "Leases.Delete",
+                           "Leases.List", "Containers.Get", "Namespaces.List"}) {
     EXPECT_EQ(rpcs.count(name), 1U) << name;
   }
   EXPECT_TRUE(rpcs.at("Snapshots.List").server_stream);

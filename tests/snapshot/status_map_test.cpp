@@ -21,9 +21,8 @@ TEST(StatusMap, EveryCodeMapsToItsKind) {
   EXPECT_EQ(kind_of(StatusCode::PERMISSION_DENIED), ErrorKind::permission);
   EXPECT_EQ(kind_of(StatusCode::UNAUTHENTICATED), ErrorKind::permission);
   EXPECT_EQ(kind_of(StatusCode::INVALID_ARGUMENT), ErrorKind::invalid);
-  for (auto code : {StatusCode::CANCELLED, StatusCode::UNKNOWN,
-                    StatusCode::RESOURCE_EXHAUSTED, StatusCode::ABORTED,
-                    StatusCode::OUT_OF_RANGE, StatusCode::UNIMPLEMENTED,
+  for (auto code : {StatusCode::CANCELLED, StatusCode::UNKNOWN, StatusCode::RESOURCE_EXHAUSTED,
+                    StatusCode::ABORTED, StatusCode::OUT_OF_RANGE, StatusCode::UNIMPLEMENTED,
                     StatusCode::INTERNAL, StatusCode::DATA_LOSS}) {
     EXPECT_EQ(kind_of(code), ErrorKind::internal) << static_cast<int>(code);
   }
@@ -31,20 +30,17 @@ TEST(StatusMap, EveryCodeMapsToItsKind) {
 }
 
 TEST(StatusMap, MessageNamesTheObjectAndKeepsTheServerMessage) {
-  const Error error =
-      grpc_error(static_cast<int>(grpc::StatusCode::NOT_FOUND),
-                 "snapshot k8s.io/123 does not exist: not found",
-                 R"(snapshot "k8s.io/123" on snapshotter "overlayfs")");
-  EXPECT_EQ(error.message,
-            R"(snapshot "k8s.io/123" on snapshotter "overlayfs": )"
-            "snapshot k8s.io/123 does not exist: not found (NOT_FOUND)");
+  const Error error = grpc_error(static_cast<int>(grpc::StatusCode::NOT_FOUND),
+                                 "snapshot k8s.io/123 does not exist: not found",
+                                 R"(snapshot "k8s.io/123" on snapshotter "overlayfs")");
+  EXPECT_EQ(error.message, R"(snapshot "k8s.io/123" on snapshotter "overlayfs": )"
+                           "snapshot k8s.io/123 does not exist: not found (NOT_FOUND)");
   EXPECT_EQ(error.sys_errno, 0);
   EXPECT_TRUE(error.step.empty());
 }
 
 TEST(StatusMap, EmptyServerMessageIsSaidSo) {
-  const Error error =
-      grpc_error(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "", "lease");
+  const Error error = grpc_error(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "", "lease");
   EXPECT_EQ(error.message, "lease: containerd gave no message (UNAVAILABLE)");
 }
 

@@ -31,9 +31,7 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
 
   [[nodiscard]] const std::string& path() const { return path_; }
-  [[nodiscard]] std::string operator/(const std::string& name) const {
-    return path_ + "/" + name;
-  }
+  [[nodiscard]] std::string operator/(const std::string& name) const { return path_ + "/" + name; }
 
  private:
   std::string path_;
@@ -65,8 +63,7 @@ inline std::string read_file(const std::string& path) {
 }
 
 inline bool write_file(const std::string& path, const std::string& content) {
-  std::filesystem::create_directories(
-      std::filesystem::path(path).parent_path());
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << content;
   return static_cast<bool>(out);

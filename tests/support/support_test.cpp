@@ -63,13 +63,10 @@ TEST(Run, DoesNotLeakOurDescriptors) {
 }
 
 TEST(Sha256, KnownVectors) {
-  EXPECT_EQ(sha256_hex(""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  EXPECT_EQ(sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  EXPECT_EQ(
-      sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
-      "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
   EXPECT_EQ(sha256_hex(std::string(1000000, 'a')),
             "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
@@ -97,8 +94,7 @@ TEST(Files, WriteFileSetsMode) {
 }
 
 TEST(KeyValues, Parse) {
-  auto kv = parse_key_values(
-      "IMAGE=docker.io/library/x:latest\nCMDLINE=a=b c\nnoise\n");
+  auto kv = parse_key_values("IMAGE=docker.io/library/x:latest\nCMDLINE=a=b c\nnoise\n");
   EXPECT_EQ(kv["IMAGE"], "docker.io/library/x:latest");
   EXPECT_EQ(kv["CMDLINE"], "a=b c");
   EXPECT_EQ(kv.size(), 2u);
@@ -123,13 +119,10 @@ TEST(TempDirTest, RemovesItselfAndUnmountsBeneath) {
     write_file(t / "a/b/c", "x");
     if (is_root()) {
       fs::create_directories(t / "mnt with space");
-      ASSERT_EQ(::mount("tmpfs", (t / "mnt with space").c_str(), "tmpfs", 0,
-                        "size=1m"),
-                0);
+      ASSERT_EQ(::mount("tmpfs", (t / "mnt with space").c_str(), "tmpfs", 0, "size=1m"), 0);
       write_file(t / "mnt with space/f", "y");
       EXPECT_EQ(mount_points_beneath(p).size(), 1u);
-      EXPECT_TRUE(
-          mount_table_contains((t / "mnt\\040with\\040space").string()));
+      EXPECT_TRUE(mount_table_contains((t / "mnt\\040with\\040space").string()));
     }
   }
   EXPECT_FALSE(fs::exists(p));
@@ -141,8 +134,8 @@ namespace {
 // Builds a 2-layer image in `dir`: the bottom layer has /.boot/kernel (old)
 // and /.boot/extra; the top layer replaces the kernel and whites out extra.
 // Returns make-oci-image.sh's KEY=VALUE output.
-std::map<std::string, std::string> build_two_layer_image(
-    const fs::path& dir, const std::string& name) {
+std::map<std::string, std::string> build_two_layer_image(const fs::path& dir,
+                                                         const std::string& name) {
   fs::create_directories(dir / "l0/.boot");
   fs::create_directories(dir / "l0/etc");
   fs::create_directories(dir / "l1/.boot");
@@ -151,9 +144,8 @@ std::map<std::string, std::string> build_two_layer_image(
   write_file(dir / "l0/etc/hostname", "guest\n");
   write_file(dir / "l1/.boot/kernel", "new kernel\n");
   write_file(dir / "l1/.boot/.wh.extra", "");
-  auto r = run({script_path("make-oci-image.sh").string(), "--name", name,
-                "--out", (dir / "img.tar").string(), "--label",
-                "com.urunc.unikernel.binary=/.boot/kernel",
+  auto r = run({script_path("make-oci-image.sh").string(), "--name", name, "--out",
+                (dir / "img.tar").string(), "--label", "com.urunc.unikernel.binary=/.boot/kernel",
                 (dir / "l0").string(), (dir / "l1").string()});
   EXPECT_TRUE(r.ok()) << r.describe();
   return parse_key_values(r.out);
@@ -195,45 +187,35 @@ TEST_P(ContainerdRoundTrip, ImportCreateStatStop) {
       std::istringstream words(line);
       std::string type, id, platforms, status;
       words >> type >> id >> platforms >> status;
-      if (type == "io.containerd.snapshotter.v1" && id == snapshotter &&
-          status == "ok")
+      if (type == "io.containerd.snapshotter.v1" && id == snapshotter && status == "ok")
         loaded = true;
     }
     ASSERT_TRUE(loaded) << plugins.out;
 
-    auto imp =
-        ctrd.ctr_ns("testns", {"images", "import", "--snapshotter", snapshotter,
-                               (work / "img.tar").string()});
+    auto imp = ctrd.ctr_ns(
+        "testns", {"images", "import", "--snapshotter", snapshotter, (work / "img.tar").string()});
     ASSERT_TRUE(imp.ok()) << imp.describe() << "\n" << ctrd.log();
-    auto create =
-        ctrd.ctr_ns("testns", {"containers", "create", "--snapshotter",
-                               snapshotter, kv["IMAGE"], "c1"});
+    auto create = ctrd.ctr_ns(
+        "testns", {"containers", "create", "--snapshotter", snapshotter, kv["IMAGE"], "c1"});
     ASSERT_TRUE(create.ok()) << create.describe();
-    auto info = ctrd.ctr_ns(
-        "testns", {"snapshots", "--snapshotter", snapshotter, "info", "c1"});
+    auto info = ctrd.ctr_ns("testns", {"snapshots", "--snapshotter", snapshotter, "info", "c1"});
     ASSERT_TRUE(info.ok()) << info.describe();
-    EXPECT_NE(info.out.find("\"Parent\": \"" + kv["CHAIN_ID"] + "\""),
-              std::string::npos)
+    EXPECT_NE(info.out.find("\"Parent\": \"" + kv["CHAIN_ID"] + "\""), std::string::npos)
         << info.out;
-    EXPECT_NE(info.out.find("\"Kind\": \"Active\""), std::string::npos)
-        << info.out;
+    EXPECT_NE(info.out.find("\"Kind\": \"Active\""), std::string::npos) << info.out;
 
     EXPECT_TRUE(ctrd.stop());
     EXPECT_FALSE(ctrd.running());
   }
   EXPECT_FALSE(pid_alive(pid));
-  EXPECT_TRUE(
-      pids_with_cmdline_containing((dir / "config.toml").string()).empty());
+  EXPECT_TRUE(pids_with_cmdline_containing((dir / "config.toml").string()).empty());
   EXPECT_FALSE(fs::exists(dir));
   EXPECT_TRUE(mount_points_beneath(dir).empty());
   EXPECT_TRUE(loop_devices_backed_by(dir.string() + "/").empty());
 }
 
-INSTANTIATE_TEST_SUITE_P(Snapshotters, ContainerdRoundTrip,
-                         ::testing::Values("overlayfs", "btrfs"),
-                         [](const auto& param_info) {
-                           return param_info.param;
-                         });
+INSTANTIATE_TEST_SUITE_P(Snapshotters, ContainerdRoundTrip, ::testing::Values("overlayfs", "btrfs"),
+                         [](const auto& param_info) { return param_info.param; });
 
 TEST(PrivateContainerdTest, DestructorStopsByPid) {
   const std::string why = PrivateContainerd::skip_reason();

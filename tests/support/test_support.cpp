@@ -18,9 +18,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <fstream>
 #include <iostream>
+#include <random>
 #include <ranges>
 #include <sstream>
 #include <stdexcept>
@@ -29,8 +29,7 @@
 #include <utility>
 
 #ifndef URUNC_BOOTFS_SOURCE_DIR
-#error \
-    "URUNC_BOOTFS_SOURCE_DIR must be defined (see tests/support/CMakeLists.txt)"
+#error "URUNC_BOOTFS_SOURCE_DIR must be defined (see tests/support/CMakeLists.txt)"
 #endif
 
 namespace urunc_bootfs::test {
@@ -82,8 +81,7 @@ std::pair<Fd, Fd> make_pipe() {
 
 void set_nonblock(int fd) {
   int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
-    throw_errno("fcntl O_NONBLOCK");
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) throw_errno("fcntl O_NONBLOCK");
 }
 
 // Decodes the \ooo escapes that /proc/self/mountinfo uses for ' ', '\t',
@@ -93,11 +91,10 @@ std::string unescape_mountinfo(std::string_view s) {
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == '\\' && i + 3 < s.size() &&
-        std::all_of(s.begin() + static_cast<long>(i) + 1,
-                    s.begin() + static_cast<long>(i) + 4,
+        std::all_of(s.begin() + static_cast<long>(i) + 1, s.begin() + static_cast<long>(i) + 4,
                     [](char c) { return c >= '0' && c <= '7'; })) {
-      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 +
-                                      (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
+      out.push_back(
+          static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
       i += 3;
     } else {
       out.push_back(s[i]);
@@ -149,8 +146,7 @@ class Sha256 {
     update_no_count(kPad, pad);
     std::array<unsigned char, 8> len{};
     for (int i = 0; i < 8; ++i) {
-      len[static_cast<size_t>(i)] =
-          static_cast<unsigned char>(bits >> (56 - 8 * i));
+      len[static_cast<size_t>(i)] = static_cast<unsigned char>(bits >> (56 - 8 * i));
     }
     update_no_count(len.data(), len.size());
     static constexpr char kHex[] = "0123456789abcdef";
@@ -173,17 +169,16 @@ class Sha256 {
 
   void block(const unsigned char* p) {
     static constexpr std::array<uint32_t, 64> kRound = {
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
-        0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-        0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-        0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-        0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-        0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-        0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2};
     std::array<uint32_t, 64> w{};
     for (size_t i = 0; i < 16; ++i) {
       w[i] = (uint32_t{p[4 * i]} << 24) | (uint32_t{p[4 * i + 1]} << 16) |
@@ -194,8 +189,7 @@ class Sha256 {
       uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
       w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
-    uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5],
-             g = h_[6], h = h_[7];
+    uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
     for (size_t i = 0; i < 64; ++i) {
       uint32_t s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
       uint32_t ch = (e & f) ^ (~e & g);
@@ -234,11 +228,9 @@ class Sha256 {
 // ================================================================= processes
 
 std::string RunResult::describe() const {
-  std::string s =
-      timed_out ? "timed out (killed)" : "exit " + std::to_string(exit_code);
+  std::string s = timed_out ? "timed out (killed)" : "exit " + std::to_string(exit_code);
   std::string_view e = err;
-  while (!e.empty() && (e.back() == '\n' || e.back() == '\r'))
-    e.remove_suffix(1);
+  while (!e.empty() && (e.back() == '\n' || e.back() == '\r')) e.remove_suffix(1);
   if (e.size() > 2000) e = e.substr(e.size() - 2000);
   if (!e.empty()) s += ": " + std::string(e);
   return s;
@@ -281,13 +273,11 @@ RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data,
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::signal(SIGPIPE, SIG_DFL);
-    if (::dup2(in_r.get(), 0) < 0 || ::dup2(out_w.get(), 1) < 0 ||
-        ::dup2(err_w.get(), 2) < 0)
+    if (::dup2(in_r.get(), 0) < 0 || ::dup2(out_w.get(), 1) < 0 || ::dup2(err_w.get(), 2) < 0)
       ::_exit(127);
     const int exec_fd = exec_w.get();  // O_CLOEXEC: closes on successful exec
     // Close every other inherited descriptor except exec_fd.
-    if (exec_fd > 3)
-      ::syscall(SYS_close_range, 3U, static_cast<unsigned>(exec_fd - 1), 0U);
+    if (exec_fd > 3) ::syscall(SYS_close_range, 3U, static_cast<unsigned>(exec_fd - 1), 0U);
     ::syscall(SYS_close_range, static_cast<unsigned>(exec_fd + 1), ~0U, 0U);
     ::execvp(cargv[0], cargv.data());
     int e = errno;
@@ -364,15 +354,10 @@ RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data,
 
     int wait_ms = 50;
     if (!reaped && !res.timed_out) {
-      auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now)
-              .count();
-      wait_ms = static_cast<int>(
-          std::clamp<long long>(left, 0, pidfd.get() >= 0 ? 1000 : 20));
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
+      wait_ms = static_cast<int>(std::clamp<long long>(left, 0, pidfd.get() >= 0 ? 1000 : 20));
     } else if (reaped) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      drain_until - now)
-                      .count();
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(drain_until - now).count();
       wait_ms = static_cast<int>(std::clamp<long long>(left, 0, 50));
     }
     if (pfds.empty()) {
@@ -398,8 +383,7 @@ RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data,
         }
       } else if (p.fd == in_w.get()) {
         while (in_off < stdin_data.size()) {
-          ssize_t n = ::write(in_w.get(), stdin_data.data() + in_off,
-                              stdin_data.size() - in_off);
+          ssize_t n = ::write(in_w.get(), stdin_data.data() + in_off, stdin_data.size() - in_off);
           if (n > 0) {
             in_off += static_cast<size_t>(n);
             continue;
@@ -431,8 +415,7 @@ RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data,
 
   if (exec_errno != 0) {
     res.exit_code = 127;
-    res.err += "run: cannot execute " + argv[0] + ": " +
-               std::strerror(exec_errno) + "\n";
+    res.err += "run: cannot execute " + argv[0] + ": " + std::strerror(exec_errno) + "\n";
   } else if (WIFEXITED(status)) {
     res.exit_code = WEXITSTATUS(status);
   } else if (WIFSIGNALED(status)) {
@@ -446,17 +429,14 @@ bool have_program(std::string_view name) {
   if (name.find('/') != std::string_view::npos)
     return ::access(std::string(name).c_str(), X_OK) == 0;
   const char* path = std::getenv("PATH");
-  std::string_view p =
-      path ? path
-           : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  std::string_view p = path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
   while (true) {
     size_t colon = p.find(':');
     std::string dir(p.substr(0, colon));
     if (dir.empty()) dir = ".";
     std::string cand = dir + "/" + std::string(name);
     struct stat st {};
-    if (::stat(cand.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-        ::access(cand.c_str(), X_OK) == 0)
+    if (::stat(cand.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(cand.c_str(), X_OK) == 0)
       return true;
     if (colon == std::string_view::npos) return false;
     p.remove_prefix(colon + 1);
@@ -485,8 +465,7 @@ std::map<std::string, std::string> parse_key_values(std::string_view text) {
 // ===================================================================== paths
 
 std::filesystem::path source_dir() {
-  if (const char* env = std::getenv("URUNC_BOOTFS_SOURCE_DIR"); env && *env)
-    return env;
+  if (const char* env = std::getenv("URUNC_BOOTFS_SOURCE_DIR"); env && *env) return env;
   return URUNC_BOOTFS_SOURCE_DIR;
 }
 
@@ -510,8 +489,7 @@ TempDir::~TempDir() {
   cleanup();
 }
 
-TempDir::TempDir(TempDir&& other) noexcept
-    : path_(std::exchange(other.path_, {})) {}
+TempDir::TempDir(TempDir&& other) noexcept : path_(std::exchange(other.path_, {})) {}
 
 TempDir& TempDir::operator=(TempDir&& other) noexcept {
   if (this != &other) {
@@ -532,19 +510,16 @@ void TempDir::cleanup() noexcept {
       for (auto it = fs::recursive_directory_iterator(
                path_, fs::directory_options::skip_permission_denied, ec);
            !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-        if (it->is_directory(ec) && !it->is_symlink(ec))
-          ::chmod(it->path().c_str(), 0700);
+        if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
       }
       ec.clear();
       fs::remove_all(path_, ec);
     }
     if (ec) {
-      std::cerr << "TempDir: cannot remove " << path_ << ": " << ec.message()
-                << "\n";
+      std::cerr << "TempDir: cannot remove " << path_ << ": " << ec.message() << "\n";
     }
   } catch (const std::exception& e) {
-    std::cerr << "TempDir: cleanup of " << path_ << " failed: " << e.what()
-              << "\n";
+    std::cerr << "TempDir: cleanup of " << path_ << " failed: " << e.what() << "\n";
   }
   path_.clear();
 }
@@ -583,16 +558,13 @@ int unmount_beneath(const std::filesystem::path& dir) noexcept {
 
 std::string PrivateContainerd::skip_reason(bool btrfs) {
   if (!is_root()) return "needs root (containerd, mounts)";
-  if (!have_program("/usr/bin/containerd"))
-    return "containerd not installed (/usr/bin/containerd)";
+  if (!have_program("/usr/bin/containerd")) return "containerd not installed (/usr/bin/containerd)";
   if (!have_program("ctr")) return "ctr not installed";
   if (!fs::exists(script_path("containerd-env.sh")))
     return "scripts/containerd-env.sh not found under " + source_dir().string();
   if (btrfs) {
-    if (!have_program("mkfs.btrfs"))
-      return "mkfs.btrfs not installed (btrfs-progs)";
-    if (read_all_or_empty("/proc/filesystems").find("\tbtrfs\n") ==
-            std::string::npos &&
+    if (!have_program("mkfs.btrfs")) return "mkfs.btrfs not installed (btrfs-progs)";
+    if (read_all_or_empty("/proc/filesystems").find("\tbtrfs\n") == std::string::npos &&
         !fs::exists("/sys/module/btrfs"))
       return "kernel has no btrfs";
   }
@@ -616,33 +588,27 @@ TempDir containerd_tempdir() {
 
 PrivateContainerd::PrivateContainerd() : PrivateContainerd(Options{}) {}
 
-PrivateContainerd::PrivateContainerd(Options opts)
-    : opts_(opts), tmp_(containerd_tempdir()) {
+PrivateContainerd::PrivateContainerd(Options opts) : opts_(opts), tmp_(containerd_tempdir()) {
   dir_ = tmp_.path() / "ctrd";
-  std::vector<std::string> argv{script_path("containerd-env.sh").string(),
-                                "start"};
+  std::vector<std::string> argv{script_path("containerd-env.sh").string(), "start"};
   if (opts_.btrfs) argv.emplace_back("--btrfs");
   argv.push_back(dir_.string());
   RunResult r = run(argv, {}, opts_.start_timeout);
   // Record the PID whatever happened, so a failed start is still cleaned up.
   std::string pid_text = read_all_or_empty(dir_ / "containerd.pid");
-  if (!pid_text.empty())
-    pid_ = static_cast<pid_t>(std::strtol(pid_text.c_str(), nullptr, 10));
+  if (!pid_text.empty()) pid_ = static_cast<pid_t>(std::strtol(pid_text.c_str(), nullptr, 10));
   if (!r.ok()) {
     std::string why = "containerd-env.sh start failed (" + r.describe() + ")";
     stop();
     throw std::runtime_error(why);
   }
   std::string_view out = r.out;
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
-    out.remove_suffix(1);
-  if (size_t nl = out.rfind('\n'); nl != std::string_view::npos)
-    out.remove_prefix(nl + 1);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.remove_suffix(1);
+  if (size_t nl = out.rfind('\n'); nl != std::string_view::npos) out.remove_prefix(nl + 1);
   socket_ = std::string(out);
   if (socket_.empty() || pid_ <= 0) {
     stop();
-    throw std::runtime_error(
-        "containerd-env.sh start printed no socket or wrote no PID");
+    throw std::runtime_error("containerd-env.sh start printed no socket or wrote no PID");
   }
 }
 
@@ -662,16 +628,15 @@ std::string PrivateContainerd::log() const {
   return read_all_or_empty(dir_ / "containerd.log");
 }
 
-RunResult PrivateContainerd::ctr(const std::vector<std::string>& args,
-                                 std::string_view stdin_data,
+RunResult PrivateContainerd::ctr(const std::vector<std::string>& args, std::string_view stdin_data,
                                  std::chrono::milliseconds timeout) const {
   std::vector<std::string> argv{"ctr", "--address", socket_};
   argv.insert(argv.end(), args.begin(), args.end());
   return run(argv, stdin_data, timeout);
 }
 
-RunResult PrivateContainerd::ctr_ns(
-    std::string_view ns, const std::vector<std::string>& args) const {
+RunResult PrivateContainerd::ctr_ns(std::string_view ns,
+                                    const std::vector<std::string>& args) const {
   std::vector<std::string> a{"-n", std::string(ns)};
   a.insert(a.end(), args.begin(), args.end());
   return ctr(a);
@@ -682,9 +647,8 @@ bool PrivateContainerd::stop() {
   stopped_ = true;
   bool ok = true;
   if (fs::exists(dir_)) {
-    RunResult r =
-        run({script_path("containerd-env.sh").string(), "stop", dir_.string()},
-            {}, std::chrono::seconds(60));
+    RunResult r = run({script_path("containerd-env.sh").string(), "stop", dir_.string()}, {},
+                      std::chrono::seconds(60));
     if (!r.ok()) {
       std::cerr << "PrivateContainerd: containerd-env.sh stop " << dir_
                 << " failed: " << r.describe() << "\n";
@@ -694,8 +658,7 @@ bool PrivateContainerd::stop() {
   // Last resort: the script could not kill it. Only ever this exact PID, and
   // only if it is still the containerd that uses our config.
   if (pid_ > 0 && pid_alive(pid_)) {
-    std::string cmd =
-        read_all_or_empty("/proc/" + std::to_string(pid_) + "/cmdline");
+    std::string cmd = read_all_or_empty("/proc/" + std::to_string(pid_) + "/cmdline");
     std::ranges::replace(cmd, '\0', ' ');
     if (cmd.find((dir_ / "config.toml").string()) != std::string::npos) {
       ::kill(pid_, SIGKILL);
@@ -703,8 +666,7 @@ bool PrivateContainerd::stop() {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (pid_alive(pid_)) {
-      std::cerr << "PrivateContainerd: containerd PID " << pid_
-                << " is still alive\n";
+      std::cerr << "PrivateContainerd: containerd PID " << pid_ << " is still alive\n";
       ok = false;
     }
   }
@@ -737,8 +699,7 @@ std::string sha256_file(const std::filesystem::path& path) {
   return h.hex_digest();
 }
 
-void write_file(const std::filesystem::path& path, std::string_view data,
-                mode_t mode) {
+void write_file(const std::filesystem::path& path, std::string_view data, mode_t mode) {
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
   if (fd.get() < 0) throw_errno("open " + path.string());
   size_t off = 0;
@@ -784,8 +745,7 @@ std::vector<MountEntry> mount_table() {
     std::istringstream ls(line);
     MountEntry e;
     std::string devno, field;
-    if (!(ls >> e.mount_id >> e.parent_id >> devno >> e.root >> e.mount_point >>
-          e.options))
+    if (!(ls >> e.mount_id >> e.parent_id >> devno >> e.root >> e.mount_point >> e.options))
       continue;
     while (ls >> field && field != "-") {
     }
@@ -799,12 +759,10 @@ std::vector<MountEntry> mount_table() {
 }
 
 bool mount_table_contains(std::string_view needle) {
-  return read_all_or_empty("/proc/self/mountinfo").find(needle) !=
-         std::string::npos;
+  return read_all_or_empty("/proc/self/mountinfo").find(needle) != std::string::npos;
 }
 
-std::vector<std::string> mount_points_beneath(
-    const std::filesystem::path& dir) {
+std::vector<std::string> mount_points_beneath(const std::filesystem::path& dir) {
   std::string d = dir.lexically_normal().string();
   std::vector<std::string> out;
   for (auto& e : mount_table()) {
@@ -820,11 +778,10 @@ std::vector<std::string> loop_devices_backed_by(std::string_view path_prefix) {
   while (dirent* ent = ::readdir(d)) {
     std::string_view name = ent->d_name;
     if (!name.starts_with("loop")) continue;
-    std::string backing = read_all_or_empty("/sys/block/" + std::string(name) +
-                                            "/loop/backing_file");
+    std::string backing =
+        read_all_or_empty("/sys/block/" + std::string(name) + "/loop/backing_file");
     while (!backing.empty() && backing.back() == '\n') backing.pop_back();
-    if (backing.ends_with(" (deleted)"))
-      backing.resize(backing.size() - std::strlen(" (deleted)"));
+    if (backing.ends_with(" (deleted)")) backing.resize(backing.size() - std::strlen(" (deleted)"));
     if (!backing.empty() && std::string_view(backing).starts_with(path_prefix))
       out.push_back("/dev/" + std::string(name));
   }
@@ -846,8 +803,7 @@ int count_fds(pid_t pid) {
 }
 
 long rss_kib(pid_t pid) {
-  std::string status =
-      read_all_or_empty("/proc/" + std::to_string(pid) + "/status");
+  std::string status = read_all_or_empty("/proc/" + std::to_string(pid) + "/status");
   size_t pos = status.find("\nVmRSS:");
   if (pos == std::string::npos) return -1;
   return std::strtol(status.c_str() + pos + 7, nullptr, 10);
@@ -855,8 +811,7 @@ long rss_kib(pid_t pid) {
 
 bool pid_alive(pid_t pid) {
   if (pid <= 0) return false;
-  std::string stat =
-      read_all_or_empty("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat = read_all_or_empty("/proc/" + std::to_string(pid) + "/stat");
   size_t close = stat.rfind(')');
   if (close == std::string::npos || close + 2 >= stat.size()) return false;
   char state = stat[close + 2];
@@ -872,11 +827,9 @@ std::vector<pid_t> pids_with_cmdline_containing(std::string_view needle) {
     long v = std::strtol(ent->d_name, &end, 10);
     if (end == ent->d_name || *end != '\0' || v <= 0) continue;
     auto pid = static_cast<pid_t>(v);
-    std::string cmd =
-        read_all_or_empty("/proc/" + std::string(ent->d_name) + "/cmdline");
+    std::string cmd = read_all_or_empty("/proc/" + std::string(ent->d_name) + "/cmdline");
     std::ranges::replace(cmd, '\0', ' ');
-    if (cmd.find(needle) != std::string::npos && pid_alive(pid))
-      out.push_back(pid);
+    if (cmd.find(needle) != std::string::npos && pid_alive(pid)) out.push_back(pid);
   }
   ::closedir(d);
   std::ranges::sort(out);

@@ -34,8 +34,7 @@ struct RunResult {
   [[nodiscard]] std::string describe() const;
 };
 
-inline constexpr std::chrono::milliseconds kDefaultRunTimeout{
-    std::chrono::seconds{120}};
+inline constexpr std::chrono::milliseconds kDefaultRunTimeout{std::chrono::seconds{120}};
 
 // fork + execvp(argv[0], argv) with no shell. stdin_data is written to the
 // child's stdin (then closed); stdout and stderr are collected. The child is
@@ -43,8 +42,7 @@ inline constexpr std::chrono::milliseconds kDefaultRunTimeout{
 // SIGKILLed by its PID (and that group, i.e. only processes it started that
 // stayed in it). Daemons a child detaches (setsid, own stdio) are not waited
 // for. Throws std::runtime_error only if argv is empty or pipes/fork fail.
-RunResult run(const std::vector<std::string>& argv,
-              std::string_view stdin_data = {},
+RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data = {},
               std::chrono::milliseconds timeout = kDefaultRunTimeout);
 
 // True if `name` is found as an executable (absolute path, or on $PATH).
@@ -103,8 +101,7 @@ int unmount_beneath(const std::filesystem::path& dir) noexcept;
 class PrivateContainerd {
  public:
   struct Options {
-    bool btrfs =
-        false;  // also make a btrfs loop filesystem for the btrfs snapshotter
+    bool btrfs = false;  // also make a btrfs loop filesystem for the btrfs snapshotter
     std::chrono::milliseconds start_timeout{std::chrono::seconds{60}};
   };
 
@@ -114,8 +111,7 @@ class PrivateContainerd {
 
   PrivateContainerd();  // Options{}
   explicit PrivateContainerd(Options opts);
-  explicit PrivateContainerd(bool btrfs)
-      : PrivateContainerd(Options{.btrfs = btrfs}) {}
+  explicit PrivateContainerd(bool btrfs) : PrivateContainerd(Options{.btrfs = btrfs}) {}
   ~PrivateContainerd();
   PrivateContainerd(const PrivateContainerd&) = delete;
   PrivateContainerd& operator=(const PrivateContainerd&) = delete;
@@ -133,19 +129,16 @@ class PrivateContainerd {
   [[nodiscard]] std::string log() const;
 
   // ctr --address socket() ARGS...
-  [[nodiscard]] RunResult ctr(
-      const std::vector<std::string>& args, std::string_view stdin_data = {},
-      std::chrono::milliseconds timeout = kDefaultRunTimeout) const;
+  [[nodiscard]] RunResult ctr(const std::vector<std::string>& args,
+                              std::string_view stdin_data = {},
+                              std::chrono::milliseconds timeout = kDefaultRunTimeout) const;
   template <typename... A>
-  requires(sizeof...(A) > 0 &&
-           (std::convertible_to<const A&, std::string_view> && ...))
+  requires(sizeof...(A) > 0 && (std::convertible_to<const A&, std::string_view> && ...))
       [[nodiscard]] RunResult ctr(const A&... args) const {
-    return ctr(
-        std::vector<std::string>{std::string(std::string_view(args))...});
+    return ctr(std::vector<std::string>{std::string(std::string_view(args))...});
   }
   // ctr --address socket() -n NAMESPACE ARGS...
-  [[nodiscard]] RunResult ctr_ns(std::string_view ns,
-                                 const std::vector<std::string>& args) const;
+  [[nodiscard]] RunResult ctr_ns(std::string_view ns, const std::vector<std::string>& args) const;
 
   // Stops containerd (scripts/containerd-env.sh stop DIR; kills the recorded
   // PID if the script could not). Idempotent. Returns false (reason on
@@ -165,18 +158,15 @@ class PrivateContainerd {
 
 // Lowercase hex SHA-256 (self-contained implementation).
 std::string sha256_hex(std::string_view data);
-std::string sha256_file(
-    const std::filesystem::path& path);  // throws if unreadable
+std::string sha256_file(const std::filesystem::path& path);  // throws if unreadable
 // Standard base64 with padding (urunc.json's encoding).
 std::string base64_encode(std::string_view data);
 // n pseudo-random bytes, the same for the same seed.
 std::string random_bytes(std::size_t n, unsigned seed);
 
 // Creates/truncates `path` (not its parents) with `mode` and writes `data`.
-void write_file(const std::filesystem::path& path, std::string_view data,
-                mode_t mode = 0644);
-std::string read_file(
-    const std::filesystem::path& path);  // throws if unreadable
+void write_file(const std::filesystem::path& path, std::string_view data, mode_t mode = 0644);
+std::string read_file(const std::filesystem::path& path);  // throws if unreadable
 
 // ------------------------------------------------------- mounts, loops, /proc
 

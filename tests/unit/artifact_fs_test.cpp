@@ -37,7 +37,8 @@ class ArtifactFsTest : public ::testing::Test {
 };
 
 TEST_F(ArtifactFsTest, WritesAreRefusedWithErofs) {
-  for (int flags : {O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC, O_RDONLY | O_APPEND, O_RDONLY | O_CREAT}) {
+  for (int flags :
+       {O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC, O_RDONLY | O_APPEND, O_RDONLY | O_CREAT}) {
     auto r = fs_->open(kernel_, flags);
     ASSERT_FALSE(r);
     EXPECT_EQ(to_errno(r.error()), EROFS);

@@ -24,8 +24,8 @@ std::string b64(std::string_view in) {
     out += kAlphabet[(n >> 12) & 63];
     out += "==";
   } else if (i + 2 == in.size()) {
-    const unsigned n = (static_cast<unsigned char>(in[i]) << 16) |
-                       (static_cast<unsigned char>(in[i + 1]) << 8);
+    const unsigned n =
+        (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
     out += kAlphabet[(n >> 18) & 63];
     out += kAlphabet[(n >> 12) & 63];
     out += kAlphabet[(n >> 6) & 63];
@@ -35,8 +35,8 @@ std::string b64(std::string_view in) {
 }
 
 TEST(ValidatePath, AcceptsUruncStylePaths) {
-  for (const char* ok : {"/unikernel/app.hvt", "/.boot/kernel", "/.boot/rootfs",
-                         "/kernel", "/a/b-c/d_e.f", "/boot/vmlinuz-6.1.0-13-amd64"})
+  for (const char* ok : {"/unikernel/app.hvt", "/.boot/kernel", "/.boot/rootfs", "/kernel",
+                         "/a/b-c/d_e.f", "/boot/vmlinuz-6.1.0-13-amd64"})
     EXPECT_TRUE(validate_image_path(ok)) << ok;
 }
 
@@ -65,11 +65,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadPath{"//kernel", "\"//\""}, BadPath{"/boot/./kernel", "not clean"},
         BadPath{"/boot/../etc/shadow", "\"..\""}, BadPath{"/..", "\"..\""},
         BadPath{"/-kernel", "starting with '-'"}, BadPath{"/boot/-rf", "starting with '-'"},
-        BadPath{"/boot/ker nel", "outside [A-Za-z0-9._/-]"},
-        BadPath{"/boot/kernel\n", "outside"}, BadPath{"/boot/k\xc3\xa9rnel", "outside"},
-        BadPath{"/boot/$(reboot)", "outside"}, BadPath{"/boot/a;b", "outside"},
-        BadPath{"/boot/*", "outside"}, BadPath{"/boot/kernel\\x", "outside"},
-        BadPath{"/" + std::string(4096, 'a'), "PATH_MAX"},
+        BadPath{"/boot/ker nel", "outside [A-Za-z0-9._/-]"}, BadPath{"/boot/kernel\n", "outside"},
+        BadPath{"/boot/k\xc3\xa9rnel", "outside"}, BadPath{"/boot/$(reboot)", "outside"},
+        BadPath{"/boot/a;b", "outside"}, BadPath{"/boot/*", "outside"},
+        BadPath{"/boot/kernel\\x", "outside"}, BadPath{"/" + std::string(4096, 'a'), "PATH_MAX"},
         BadPath{"/" + std::string(256, 'a'), "NAME_MAX"}));
 
 TEST(ValidatePath, HostileBytesAreEscapedInTheMessage) {
@@ -118,15 +117,15 @@ TEST_P(UruncJsonRejects, WithAClearMessage) {
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, UruncJsonRejects,
-    ::testing::Values(
-        BadJson{"", "not valid JSON"}, BadJson{"{", "not valid JSON"},
-        BadJson{"not json", "not valid JSON"}, BadJson{"[]", "not a JSON object"},
-        BadJson{"\"str\"", "not a JSON object"}, BadJson{"42", "not a JSON object"},
-        BadJson{R"({"a":1})", "is not a string"}, BadJson{R"({"a":{"b":"c"}})", "is not a string"},
-        BadJson{R"({"a":"not base64!"})", "is not base64"},
-        BadJson{R"({"a":"Zg=","b":"Zg=="})", "is not base64"},
-        BadJson{R"({"a":"Zg==","a":"Zm8="})", "duplicate key \"a\""},
-        BadJson{"{\"a\":\"" + std::string(2 << 20, 'A') + "\"}", "larger than"}));
+    ::testing::Values(BadJson{"", "not valid JSON"}, BadJson{"{", "not valid JSON"},
+                      BadJson{"not json", "not valid JSON"}, BadJson{"[]", "not a JSON object"},
+                      BadJson{"\"str\"", "not a JSON object"}, BadJson{"42", "not a JSON object"},
+                      BadJson{R"({"a":1})", "is not a string"},
+                      BadJson{R"({"a":{"b":"c"}})", "is not a string"},
+                      BadJson{R"({"a":"not base64!"})", "is not base64"},
+                      BadJson{R"({"a":"Zg=","b":"Zg=="})", "is not base64"},
+                      BadJson{R"({"a":"Zg==","a":"Zm8="})", "duplicate key \"a\""},
+                      BadJson{"{\"a\":\"" + std::string(2 << 20, 'A') + "\"}", "larger than"}));
 
 TEST(BundleAnnotations, MissingConfigIsAnError) {
   auto read = read_bundle_annotations("/nonexistent-bundle-dir");

@@ -21,9 +21,15 @@ PathProbe fake(std::map<std::string, PathNode> nodes) {
   };
 }
 
-PathNode dir() { return {PathNode::Type::directory, {}}; }
-PathNode file() { return {PathNode::Type::other, {}}; }
-PathNode link(std::string target) { return {PathNode::Type::symlink, std::move(target)}; }
+PathNode dir() {
+  return {PathNode::Type::directory, {}};
+}
+PathNode file() {
+  return {PathNode::Type::other, {}};
+}
+PathNode link(std::string target) {
+  return {PathNode::Type::symlink, std::move(target)};
+}
 
 TEST(Resolve, PlainPath) {
   auto probe = fake({{"/boot", dir()}, {"/boot/kernel", file()}});
@@ -53,10 +59,8 @@ TEST(Resolve, ClimbingAboveTheRootIsRefused) {
 }
 
 TEST(Resolve, ChainThatClimbsThroughSeveralLinks) {
-  auto probe = fake({{"/a", link("b/c")},
-                     {"/b", dir()},
-                     {"/b/c", link("../d")},
-                     {"/d", link("../../x")}});
+  auto probe =
+      fake({{"/a", link("b/c")}, {"/b", dir()}, {"/b/c", link("../d")}, {"/d", link("../../x")}});
   EXPECT_FALSE(resolve_image_path("/a", probe));
 }
 

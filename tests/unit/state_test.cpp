@@ -14,8 +14,9 @@ TEST(State, JsonRoundTrip) {
   s.mountpoint = "/run/x/boot";
   s.daemon = {"boot", 42, 777};
   s.source_kind = "containerd";
-  s.containerd = ContainerdState{"/sock", "default", "c1", "overlayfs", "sha256:abc",
-                                 "urunc-bootfs/v", "urunc-bootfs/l", {"bind /x ro"}};
+  s.containerd =
+      ContainerdState{"/sock",          "default",        "c1",          "overlayfs", "sha256:abc",
+                      "urunc-bootfs/v", "urunc-bootfs/l", {"bind /x ro"}};
   s.artifacts.push_back({"/k", "kernel", "/boot/k", 10, 0644});
   s.phase = "serving";
   auto back = state_from_json(to_json(s));

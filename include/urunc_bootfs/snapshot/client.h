@@ -24,8 +24,7 @@
 
 namespace urunc::bootfs::snapshot {
 
-inline constexpr std::string_view kDefaultAddress =
-    "/run/containerd/containerd.sock";
+inline constexpr std::string_view kDefaultAddress = "/run/containerd/containerd.sock";
 inline constexpr std::string_view kNamespaceHeader = "containerd-namespace";
 inline constexpr std::string_view kLeaseHeader = "containerd-lease";
 
@@ -48,8 +47,7 @@ class Client {
  public:
   // Fails with ErrorKind::unavailable, naming the address, when the socket is
   // missing or the channel is not ready within options.timeout.
-  [[nodiscard]] static Result<std::unique_ptr<Client>> connect(
-      ClientOptions options);
+  [[nodiscard]] static Result<std::unique_ptr<Client>> connect(ClientOptions options);
 
   ~Client();
   Client(const Client&) = delete;
@@ -67,31 +65,25 @@ class Client {
   [[nodiscard]] Result<ContainerInfo> get_container(std::string_view id);
 
   // Snapshots.Stat.
-  [[nodiscard]] Result<SnapshotInfo> stat(std::string_view snapshotter,
-                                          std::string_view key);
+  [[nodiscard]] Result<SnapshotInfo> stat(std::string_view snapshotter, std::string_view key);
   // Snapshots.View: a read-only snapshot `key` of committed `parent`. With a
   // non-empty lease_id the view belongs to that lease from its creation on.
-  [[nodiscard]] Result<std::vector<Mount>> view(std::string_view snapshotter,
-                                                std::string_view key,
-                                                std::string_view parent,
-                                                const Labels& labels,
+  [[nodiscard]] Result<std::vector<Mount>> view(std::string_view snapshotter, std::string_view key,
+                                                std::string_view parent, const Labels& labels,
                                                 std::string_view lease_id);
   // Snapshots.Mounts: the mounts of an existing active or view snapshot.
   [[nodiscard]] Result<std::vector<Mount>> mounts(std::string_view snapshotter,
                                                   std::string_view key);
   // Snapshots.Remove.
-  [[nodiscard]] Status remove(std::string_view snapshotter,
-                              std::string_view key);
+  [[nodiscard]] Status remove(std::string_view snapshotter, std::string_view key);
   // Snapshots.List (a server stream, read to the end). Filters use
   // containerd's filter syntax, e.g. `labels."io.urunc.bootfs/owner"`; a
   // snapshot matching any of them is returned; none returns all.
   [[nodiscard]] Result<std::vector<SnapshotInfo>> list_snapshots(
-      std::string_view snapshotter,
-      const std::vector<std::string>& filters = {});
+      std::string_view snapshotter, const std::vector<std::string>& filters = {});
 
   // Leases.Create. The lease has no gc.expire: it protects until deleted.
-  [[nodiscard]] Result<Lease> create_lease(std::string_view id,
-                                           const Labels& labels);
+  [[nodiscard]] Result<Lease> create_lease(std::string_view id, const Labels& labels);
   // Leases.Delete. With sync, returns only after containerd's garbage
   // collector removed what only this lease held.
   [[nodiscard]] Status delete_lease(std::string_view id, bool sync);
@@ -104,8 +96,7 @@ class Client {
 
  private:
   struct Connection;
-  Client(std::shared_ptr<Connection> connection, std::string ns,
-         std::chrono::milliseconds timeout);
+  Client(std::shared_ptr<Connection> connection, std::string ns, std::chrono::milliseconds timeout);
 
   std::shared_ptr<Connection> connection_;
   std::string ns_;

@@ -51,10 +51,8 @@ class LoopDevice {
   [[nodiscard]] int fd() const { return fd_.get(); }
 
  private:
-  static Result<LoopDevice> configure(int control_fd, int file_fd,
-                                      const std::string& image);
-  LoopDevice(UniqueFd fd, std::string path)
-      : fd_(std::move(fd)), path_(std::move(path)) {}
+  static Result<LoopDevice> configure(int control_fd, int file_fd, const std::string& image);
+  LoopDevice(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
 
   UniqueFd fd_;
   std::string path_;
@@ -73,16 +71,12 @@ class DetachedMount {
   [[nodiscard]] int root_fd() const { return root_.get(); }
   [[nodiscard]] const MountPlan& plan() const { return plan_; }
   // "/dev/loopN" when the mount sits on a loop device this object owns.
-  [[nodiscard]] std::string loop_device() const {
-    return loop_ ? loop_->path() : std::string();
-  }
+  [[nodiscard]] std::string loop_device() const { return loop_ ? loop_->path() : std::string(); }
 
  private:
   friend Result<DetachedMount> mount_planned(const MountPlan& plan);
   DetachedMount(MountPlan plan, std::optional<LoopDevice> loop, UniqueFd root)
-      : plan_(std::move(plan)),
-        loop_(std::move(loop)),
-        root_(std::move(root)) {}
+      : plan_(std::move(plan)), loop_(std::move(loop)), root_(std::move(root)) {}
 
   MountPlan plan_;
   // Declared before root_ so that it is destroyed after it: the superblock
@@ -96,8 +90,7 @@ class DetachedMount {
 // Mounts the (single) Mount a View returned. More or fewer than one is
 // ErrorKind::invalid naming the count: no snapshotter urunc-bootfs supports
 // returns a mount stack for a view.
-[[nodiscard]] Result<DetachedMount> mount_detached(
-    const std::vector<Mount>& mounts);
+[[nodiscard]] Result<DetachedMount> mount_detached(const std::vector<Mount>& mounts);
 
 // Mounts an already validated plan (mount_detached = plan_mount + this).
 [[nodiscard]] Result<DetachedMount> mount_planned(const MountPlan& plan);

@@ -80,8 +80,7 @@ struct DeviceRef {
   std::string path;  // the source as given
   std::string name;  // NAME for /dev/mapper/NAME, empty for /dev/dm-N
 };
-[[nodiscard]] std::optional<DeviceRef> device_from_source(
-    std::string_view source);
+[[nodiscard]] std::optional<DeviceRef> device_from_source(std::string_view source);
 [[nodiscard]] inline bool is_devmapper_source(std::string_view source) {
   return device_from_source(source).has_value();
 }
@@ -138,8 +137,7 @@ struct Query {
 // device): ErrorKind::not_found when it does not exist; ErrorKind::busy
 // when it is suspended; ErrorKind::precondition when it has no live table or
 // its table is not exactly one `thin` target.
-[[nodiscard]] Status check_view_device(const Info& info,
-                                       const std::vector<TableLine>& table,
+[[nodiscard]] Status check_view_device(const Info& info, const std::vector<TableLine>& table,
                                        std::string_view what);
 
 // After release: is the device still held, and by whom.
@@ -173,8 +171,8 @@ struct Inspection {
 // Waits for the node, then info + table + check_view_device(). Skips
 // (check "skipped: ...", no error) when device-mapper is not available;
 // fails with the check's error when the device cannot back a view.
-[[nodiscard]] Result<Inspection> inspect(
-    const DeviceRef& device, std::chrono::milliseconds node_timeout);
+[[nodiscard]] Result<Inspection> inspect(const DeviceRef& device,
+                                         std::chrono::milliseconds node_timeout);
 
 // True when one of this process's fds is the block device `dev` or a file
 // on a filesystem whose device is `dev` (reads /proc/self/fd).

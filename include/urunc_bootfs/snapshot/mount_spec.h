@@ -32,8 +32,8 @@ struct MountPlan {
   };
 
   Form form = Form::bind;
-  std::string fstype;  // "" for bind, "overlay", or the block filesystem
-  std::string source;  // directory, device or image file; "overlay" for overlay
+  std::string fstype;                  // "" for bind, "overlay", or the block filesystem
+  std::string source;                  // directory, device or image file; "overlay" for overlay
   std::vector<std::string> lowerdirs;  // overlay only, top layer first
   // fsconfig parameters in spec order: {"subvolid", "257"}, {"nouuid", ""}
   // (an empty value is a flag).

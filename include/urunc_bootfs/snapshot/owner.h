@@ -26,11 +26,9 @@ namespace urunc::bootfs::snapshot {
 inline constexpr std::string_view kLabelPrefix = "io.urunc.bootfs/";
 inline constexpr std::string_view kOwnerLabel = "io.urunc.bootfs/owner";
 inline constexpr std::string_view kContainerLabel = "io.urunc.bootfs/container";
-inline constexpr std::string_view kMountpointLabel =
-    "io.urunc.bootfs/mountpoint";
+inline constexpr std::string_view kMountpointLabel = "io.urunc.bootfs/mountpoint";
 inline constexpr std::string_view kViewLabel = "io.urunc.bootfs/view";
-inline constexpr std::string_view kSnapshotterLabel =
-    "io.urunc.bootfs/snapshotter";
+inline constexpr std::string_view kSnapshotterLabel = "io.urunc.bootfs/snapshotter";
 // Lease ids and view keys start with this.
 inline constexpr std::string_view kKeyPrefix = "urunc-bootfs/";
 

@@ -19,8 +19,7 @@ namespace urunc::bootfs::snapshot {
 // The message reads "<what>: <server message> (<CODE_NAME>)", e.g.
 // `snapshot "k8s.io/123" on snapshotter "overlayfs": ... not found
 // (NOT_FOUND)`.
-[[nodiscard]] Error grpc_error(int grpc_code, std::string_view grpc_message,
-                               std::string_view what);
+[[nodiscard]] Error grpc_error(int grpc_code, std::string_view grpc_message, std::string_view what);
 
 // "NOT_FOUND", "UNAVAILABLE", ... ("CODE_<n>" for a value gRPC does not
 // define).

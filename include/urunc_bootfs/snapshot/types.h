@@ -27,12 +27,7 @@ struct Mount {
 };
 
 // Same values as containerd.services.snapshots.v1.Kind.
-enum class Kind : std::uint8_t {
-  unknown = 0,
-  view = 1,
-  active = 2,
-  committed = 3
-};
+enum class Kind : std::uint8_t { unknown = 0, view = 1, active = 2, committed = 3 };
 
 // "unknown", "view", "active", "committed".
 [[nodiscard]] const char* snapshot_kind_name(Kind kind);
