@@ -116,6 +116,13 @@ void print_human(const MountState& state) {
                 static_cast<unsigned long long>((*counters).value("opens", 0ULL)),
                 static_cast<unsigned long long>((*counters).value("reads", 0ULL)),
                 static_cast<unsigned long long>((*counters).value("bytes", 0ULL)));
+    // Passthrough reads go from the kernel to the backing file directly;
+    // the daemon never sees them, so say why the counts may be low.
+    bool passthrough = false;
+    for (const auto& file : (*counters)["files"])
+      passthrough = passthrough || file.value("mode", "") == "passthrough";
+    if (passthrough)
+      std::printf("             (reads of passthrough files bypass the daemon: not counted)\n");
     std::string errors;
     for (const auto& [name, count] : (*counters)["errors"].items())
       errors +=
