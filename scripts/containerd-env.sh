@@ -42,7 +42,7 @@ readonly BTRFS_SIZE_MIB=512
 
 usage() {
   cat <<EOF
-Usage: $PROG start [--btrfs] DIR
+Usage: $PROG start [--btrfs] [--owner PID] DIR
        $PROG stop DIR
        $PROG restart DIR
        $PROG --help
@@ -56,6 +56,10 @@ start DIR     Write DIR/config.toml, start $CONTAINERD_BIN with it in the
               with mkfs.btrfs, mount it at DIR/btrfs and point the btrfs
               snapshotter's root_path there. (If DIR/btrfs is already a
               mounted btrfs, it is configured without --btrfs too.)
+  --owner PID Also start a small watcher that runs 'stop DIR' once PID has
+              exited (checked every second) while DIR still exists: a test
+              process that dies without running its cleanup (a sanitizer
+              abort, SIGKILL) leaves no containerd, mount or loop device.
 stop DIR      Kill exactly the PID in DIR/containerd.pid (TERM, then KILL
               after ${STOP_TIMEOUT}s), wait for it, unmount everything mounted
               under DIR (deepest/latest first), detach loop devices backed by
@@ -181,11 +185,31 @@ write_config() {
   } >"$dir/config.toml"
 }
 
+# Runs `stop DIR` when OWNER has exited, unless DIR is gone first (the owner
+# stopped it itself). Own session and no inherited stdio, so that neither a
+# caller reading our stdout nor a process-group kill of the caller reaches it.
+start_watcher() {
+  local owner=$1 dir=$2
+  # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
+  setsid bash -c '
+    script=$1 owner=$2 dir=$3
+    alive() { [[ -r /proc/$1/stat ]] && ! sed -e "s/^.*) //" "/proc/$1/stat" | grep -q "^[ZX]"; }
+    while [[ -e $dir ]] && alive "$owner"; do sleep 1; done
+    [[ -e $dir ]] && exec "$script" stop "$dir"
+    exit 0
+  ' watcher "${BASH_SOURCE[0]}" "$owner" "$dir" </dev/null >/dev/null 2>&1 &
+}
+
 cmd_start() {
-  local btrfs=0 dir=""
+  local btrfs=0 dir="" owner=""
   while (($#)); do
     case $1 in
       --btrfs) btrfs=1 ;;
+      --owner)
+        [[ ${2:-} =~ ^[0-9]+$ ]] || { usage >&2; exit 2; }
+        owner=$2
+        shift
+        ;;
       -h | --help) usage; exit 0 ;;
       --) shift; break ;;
       -*) printf '%s: unknown option: %s\n' "$PROG" "$1" >&2; usage >&2; exit 2 ;;
@@ -261,6 +285,7 @@ cmd_start() {
   fi
   pid_is_our_containerd "$pid" "$dir" ||
     log "warning: PID $pid does not look like containerd --config $dir/config.toml"
+  [[ -z $owner ]] || start_watcher "$owner" "$dir"
   printf '%s\n' "$sock"
 }
 

@@ -592,7 +592,9 @@ PrivateContainerd::PrivateContainerd(Options opts) : opts_(opts), tmp_(container
   dir_ = tmp_.path() / "ctrd";
   std::vector<std::string> argv{script_path("containerd-env.sh").string(), "start"};
   if (opts_.btrfs) argv.emplace_back("--btrfs");
-  argv.push_back(dir_.string());
+  // If this process dies without its destructors (a sanitizer abort, a
+  // SIGKILL), the script's watcher stops the instance.
+  argv.insert(argv.end(), {"--owner", std::to_string(::getpid()), dir_.string()});
   RunResult r = run(argv, {}, opts_.start_timeout);
   // Record the PID whatever happened, so a failed start is still cleaned up.
   std::string pid_text = read_all_or_empty(dir_ / "containerd.pid");
