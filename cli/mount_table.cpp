@@ -70,21 +70,9 @@ std::vector<std::string> other_mounts_of(const std::string& path) {
 }
 
 std::optional<std::string> mounted_fstype(const std::string& path) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
   std::optional<std::string> found;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::vector<std::string> parts;
-    std::string part;
-    while (fields >> part) parts.push_back(part);
-    if (parts.size() < 7 || unescape(parts[4]) != path) continue;
-    for (std::size_t i = 6; i + 1 < parts.size(); ++i)
-      if (parts[i] == "-") {
-        found = parts[i + 1];  // the last mount at a path is the visible one
-        break;
-      }
-  }
+  for (const auto& e : read_mountinfo())
+    if (e.mount_point == path) found = e.fstype;  // the last one is visible
   return found;
 }
 

@@ -1,11 +1,11 @@
 #include "urunc_bootfs/process.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <csignal>
-#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -13,14 +13,25 @@
 
 namespace urunc::bootfs {
 
-std::string boot_id() {
-  std::ifstream in("/proc/sys/kernel/random/boot_id");
-  std::string id;
-  std::getline(in, id);
-  return id;
-}
-
 namespace {
+
+constexpr std::string_view kBootIdPath = "/proc/sys/kernel/random/boot_id";
+
+// Small /proc files only; errors keep their errno (ENOENT: process gone).
+Result<std::string> read_proc_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return std::unexpected(errno_error(errno, "open " + path));
+  std::string content;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return std::unexpected(errno_error(errno, "read " + path));
+    if (n == 0) break;
+    content.append(buf, static_cast<std::size_t>(n));
+  }
+  return content;
+}
 
 // Fields of /proc/PID/stat after "comm": state (3), ..., starttime (22).
 struct ProcStat {
@@ -28,38 +39,55 @@ struct ProcStat {
   std::uint64_t start_time = 0;
 };
 
-std::optional<ProcStat> read_proc_stat(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return std::nullopt;
+Result<ProcStat> read_proc_stat(pid_t pid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  auto text = read_proc_file(path);
+  if (!text) return std::unexpected(std::move(text).error());
   // comm (field 2) may hold spaces and parentheses: parse after the last ')'.
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream rest(line.substr(close + 2));
+  const auto close = text->rfind(')');
+  std::istringstream rest(close == std::string::npos ? std::string() : text->substr(close + 1));
   ProcStat out;
-  if (!(rest >> out.state)) return std::nullopt;
   std::string field;
-  for (int i = 4; i < 22; ++i)
-    if (!(rest >> field)) return std::nullopt;
-  if (!(rest >> out.start_time)) return std::nullopt;
+  bool ok = static_cast<bool>(rest >> out.state);
+  for (int i = 4; ok && i < 22; ++i) ok = static_cast<bool>(rest >> field);
+  if (!ok || !(rest >> out.start_time))
+    return std::unexpected(make_error(ErrorKind::internal, path + " has no start time field"));
   return out;
 }
 
 }  // namespace
 
-std::optional<std::uint64_t> process_start_time(pid_t pid) {
+Result<std::string> current_boot_id() {
+  auto content = read_proc_file(std::string(kBootIdPath));
+  if (!content) return std::unexpected(std::move(content).error());
+  while (!content->empty() && (content->back() == '\n' || content->back() == ' '))
+    content->pop_back();
+  if (content->empty())
+    return std::unexpected(make_error(ErrorKind::internal, std::string(kBootIdPath) + " is empty"));
+  return std::move(*content);
+}
+
+Result<std::uint64_t> process_start_time(pid_t pid) {
   auto stat = read_proc_stat(pid);
-  if (!stat) return std::nullopt;
+  if (!stat) return std::unexpected(std::move(stat).error());
   return stat->start_time;
 }
 
-ProcessId self_process() {
+Result<ProcessId> current_process() {
+  auto boot = current_boot_id();
+  if (!boot) return std::unexpected(std::move(boot).error());
   const pid_t pid = ::getpid();
-  return {boot_id(), pid, process_start_time(pid).value_or(0)};
+  auto start = process_start_time(pid);
+  if (!start) return std::unexpected(std::move(start).error());
+  return ProcessId{std::move(*boot), pid, *start};
+}
+
+ProcessId self_process() {
+  return current_process().value_or(ProcessId{});
 }
 
 bool process_alive(const ProcessId& id) {
-  if (id.pid <= 0 || id.boot_id != boot_id()) return false;
+  if (id.pid <= 0 || id.boot_id != current_boot_id().value_or("")) return false;
   // A zombie has exited: it holds no fd and serves nothing, even if its
   // parent (often an init that does not reap) never collects it.
   const auto stat = read_proc_stat(id.pid);

@@ -23,8 +23,13 @@ struct ProcessId {
   friend bool operator==(const ProcessId&, const ProcessId&) = default;
 };
 
-[[nodiscard]] std::string boot_id();
-[[nodiscard]] std::optional<std::uint64_t> process_start_time(pid_t pid);
+// /proc/sys/kernel/random/boot_id.
+[[nodiscard]] Result<std::string> current_boot_id();
+// Field 22 of /proc/PID/stat; ErrorKind::not_found when the process is gone.
+[[nodiscard]] Result<std::uint64_t> process_start_time(pid_t pid);
+// The calling process (not cached: after fork() the child is another one).
+[[nodiscard]] Result<ProcessId> current_process();
+// current_process(), or an identity no live process has if /proc is unreadable.
 [[nodiscard]] ProcessId self_process();
 // True when that very process (same boot, pid and start time) still runs.
 [[nodiscard]] bool process_alive(const ProcessId& id);

@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "urunc_bootfs/error.h"
+#include "urunc_bootfs/process.h"
 
 namespace urunc::bootfs::snapshot {
 
@@ -32,13 +33,8 @@ inline constexpr std::string_view kSnapshotterLabel = "io.urunc.bootfs/snapshott
 // Lease ids and view keys start with this.
 inline constexpr std::string_view kKeyPrefix = "urunc-bootfs/";
 
-struct OwnerId {
-  std::string boot_id;           // /proc/sys/kernel/random/boot_id
-  pid_t pid = 0;                 // in the pid namespace of /proc
-  std::uint64_t start_time = 0;  // clock ticks after boot
-
-  friend bool operator==(const OwnerId&, const OwnerId&) = default;
-};
+// The owner is a process identity (process.h): boot id, pid, start time.
+using OwnerId = ProcessId;
 
 // "<boot_id>:<pid>:<start_time>".
 [[nodiscard]] std::string owner_label_value(const OwnerId& owner);
@@ -50,10 +46,6 @@ struct OwnerId {
 
 // Same boot, the pid exists and it started at the same time.
 [[nodiscard]] bool owner_alive(const OwnerId& owner);
-
-// The start time of a process (field 22 of /proc/PID/stat).
-[[nodiscard]] Result<std::uint64_t> process_start_time(pid_t pid);
-[[nodiscard]] Result<std::string> current_boot_id();
 
 // "urunc-bootfs/<bootid8>-<pid>-<monotonic ns>-<random hex>": unique per
 // call, so that a lease id or view key never meets an older one.
