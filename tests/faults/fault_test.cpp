@@ -369,7 +369,7 @@ class FaultTest : public ::testing::Test {
     ASSERT_TRUE(is_our_containerd(*ctrd_, containerd_pid(*ctrd_)))
         << "containerd is not running; log:\n"
         << ctrd_->log();
-    ns_ = namespace_for_this_test();
+    ns_ = namespace_for_current_test("ft");
     loops_before_ = loop_devices_backed_by(ctrd_->dir().string());
     ns_ready_ = true;
     auto imported = ctr({"images", "import", "--snapshotter", kSnapshotter, image_->tar.string()});
@@ -404,37 +404,9 @@ class FaultTest : public ::testing::Test {
     reap_zombies();
   }
 
-  static std::string namespace_for_this_test() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string raw = std::string("ft-") + info->test_suite_name() + "-" + info->name();
-    std::string out;
-    for (char c : raw) {
-      if (std::isalnum(static_cast<unsigned char>(c)) != 0)
-        out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      else if (!out.empty() && out.back() != '-')
-        out += '-';
-    }
-    while (!out.empty() && out.back() == '-') out.pop_back();
-    if (out.size() > 60) {
-      char hash[17];
-      std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(out));
-      out.resize(40);
-      while (!out.empty() && out.back() == '-') out.pop_back();
-      out += std::string("-") + hash;
-    }
-    return out;
-  }
-
   RunResult ctr(const std::vector<std::string>& args) const { return ctrd_->ctr_ns(ns_, args); }
 
-  std::vector<std::string> ours_leases() const {
-    std::vector<std::string> out;
-    auto r = ctr({"leases", "ls", "-q"});
-    EXPECT_TRUE(r.ok()) << r.describe();
-    for (const auto& line : lines_of(r.out))
-      if (starts_with(line, kPrefix)) out.push_back(line);
-    return out;
-  }
+  std::vector<std::string> ours_leases() const { return ctrd_->lease_ids(ns_, kPrefix); }
   std::vector<std::string> ours_views() const {
     std::vector<std::string> out;
     auto r = ctr({"snapshots", "--snapshotter", kSnapshotter, "ls"});

@@ -308,7 +308,7 @@ class ContainerdTest : public ::testing::Test {
     ctrd_ = s.ctrd.get();
     image_ = s.image.get();
     ASSERT_TRUE(ctrd_->running()) << "containerd is not running; log:\n" << ctrd_->log();
-    ns_ = namespace_for_this_test();
+    ns_ = namespace_for_current_test("it");
     loops_before_ = our_loop_devices();
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     ns_ready_ = true;
@@ -356,41 +356,10 @@ class ContainerdTest : public ::testing::Test {
     if (!mount_points_beneath(mnt).empty()) (void)::umount2(mnt.c_str(), MNT_DETACH);
   }
 
-  // "it-<suite>-<test>[-<param>]", lower case, as containerd accepts it.
-  static std::string namespace_for_this_test() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string raw = std::string("it-") + info->test_suite_name() + "-" + info->name();
-    std::string out;
-    for (char c : raw) {
-      const bool alnum = std::isalnum(static_cast<unsigned char>(c)) != 0;
-      if (alnum)
-        out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      else if (!out.empty() && out.back() != '-')
-        out += '-';
-    }
-    while (!out.empty() && out.back() == '-') out.pop_back();
-    // containerd allows 76 characters; keep long names unique with a hash.
-    if (out.size() > 60) {
-      char hash[17];
-      std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(out));
-      out.resize(40);
-      while (!out.empty() && out.back() == '-') out.pop_back();
-      out += std::string("-") + hash;
-    }
-    return out;
-  }
-
   RunResult ctr(const std::vector<std::string>& args) const { return ctrd_->ctr_ns(ns_, args); }
 
   // Lease ids and snapshot keys in this namespace made by urunc-bootfs.
-  std::vector<std::string> ours_leases() const {
-    std::vector<std::string> out;
-    auto r = ctr({"leases", "ls", "-q"});
-    EXPECT_TRUE(r.ok()) << r.describe();
-    for (const auto& line : lines_of(r.out))
-      if (starts_with(line, kPrefix)) out.push_back(line);
-    return out;
-  }
+  std::vector<std::string> ours_leases() const { return ctrd_->lease_ids(ns_, kPrefix); }
   std::vector<std::string> ours_snapshots() const {
     std::vector<std::string> out;
     for (const auto& name : kAllSnapshotters) {

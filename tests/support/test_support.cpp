@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
@@ -865,6 +867,39 @@ std::string random_bytes(std::size_t n, unsigned seed) {
     std::memcpy(&data[i], &v, std::min<std::size_t>(8, n - i));
   }
   return data;
+}
+
+std::vector<std::string> PrivateContainerd::lease_ids(std::string_view ns,
+                                                      std::string_view prefix) const {
+  RunResult r = ctr_ns(ns, {"leases", "ls", "-q"});
+  EXPECT_TRUE(r.ok()) << r.describe();
+  std::vector<std::string> out;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty() && line.starts_with(prefix)) out.push_back(line);
+  return out;
+}
+
+std::string namespace_for_current_test(std::string_view prefix) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string raw = std::string(prefix) + "-" + info->test_suite_name() + "-" + info->name();
+  std::string out;
+  for (char c : raw) {
+    if (std::isalnum(static_cast<unsigned char>(c)) != 0)
+      out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    else if (!out.empty() && out.back() != '-')
+      out += '-';
+  }
+  while (!out.empty() && out.back() == '-') out.pop_back();
+  // containerd allows 76 characters.
+  if (out.size() > 60) {
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(out));
+    out.resize(40);
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    out += std::string("-") + hash;
+  }
+  return out;
 }
 
 }  // namespace urunc_bootfs::test

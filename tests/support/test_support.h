@@ -140,6 +140,9 @@ class PrivateContainerd {
   // ctr --address socket() -n NAMESPACE ARGS...
   [[nodiscard]] RunResult ctr_ns(std::string_view ns, const std::vector<std::string>& args) const;
 
+  // Lease ids in namespace `ns` that start with `prefix` (all for "").
+  std::vector<std::string> lease_ids(std::string_view ns, std::string_view prefix = {}) const;
+
   // Stops containerd (scripts/containerd-env.sh stop DIR; kills the recorded
   // PID if the script could not). Idempotent. Returns false (reason on
   // stderr) if something was left behind.
@@ -159,6 +162,11 @@ class PrivateContainerd {
 // Lowercase hex SHA-256 (self-contained implementation).
 std::string sha256_hex(std::string_view data);
 std::string sha256_file(const std::filesystem::path& path);  // throws if unreadable
+// A containerd namespace named after the running test,
+// "<prefix>-<suite>-<test>[-<param>]" in lower case; names over 60
+// characters are cut and end in a hash of the whole, so they stay unique.
+std::string namespace_for_current_test(std::string_view prefix);
+
 // Standard base64 with padding (urunc.json's encoding).
 std::string base64_encode(std::string_view data);
 // n pseudo-random bytes, the same for the same seed.
