@@ -254,6 +254,11 @@ int await_daemon(pid_t child, UniqueFd read_end, const std::string& mountpoint) 
     // The daemon saw INIT; confirm that the mountpoint answers as FUSE.
     struct statfs sfs {};
     if (::statfs(mountpoint.c_str(), &sfs) == 0 && sfs.f_type == FUSE_SUPER_MAGIC) return 0;
+    // A failed mount leaves nothing: the daemon (still our child) releases
+    // what it holds on SIGTERM; whatever it could not is cleaned here.
+    ::kill(child, SIGTERM);
+    ::waitpid(child, nullptr, 0);
+    (void)cleanup_dead_mount(mountpoint);
     return report(make_error(ErrorKind::internal, "mountpoint " + mountpoint +
                                                       " does not answer after the daemon's INIT"));
   }
