@@ -1,12 +1,13 @@
 #include "config.h"
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <iterator>
+#include <istream>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -70,7 +71,7 @@ Result<long long> integer_value(const nlohmann::json& doc, std::string_view path
 
 void set_defaults_origin(Config& config) {
   for (const char* key : {"address", "namespace", "log_level", "timeout_ms", "threads",
-                          "passthrough", "allowed_mount_options"})
+                          "passthrough", "linger_ms", "allowed_mount_options", "watch_runtimes"})
     config.origin.emplace(key, "default");
 }
 
@@ -88,13 +89,10 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
   auto doc = nlohmann::json::parse(text, nullptr, false);
   if (doc.is_discarded()) return std::unexpected(bad(path, "", "not valid JSON"));
   if (!doc.is_object()) return std::unexpected(bad(path, "", "must be a JSON object"));
-  static constexpr std::array kKeys = {"address",
-                                       "namespace",
-                                       "log_level",
-                                       "timeout_ms",
-                                       "threads",
-                                       "passthrough",
-                                       "allowed_mount_options"};
+  static constexpr std::array kKeys = {
+      "address",       "namespace",   "log_level", "timeout_ms",
+      "threads",       "passthrough", "linger_ms", "allowed_mount_options",
+      "watch_runtimes"};
   for (const auto& [key, value] : doc.items())
     if (!contains(kKeys, key))
       return std::unexpected(bad(path, key, "unknown key (known: " + joined(kKeys) + ")"));
@@ -130,6 +128,11 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
     if (!v) return std::unexpected(v.error());
     config.threads = static_cast<unsigned>(*v);
   }
+  if (doc.contains("linger_ms")) {
+    auto v = integer_value(doc, path, "linger_ms", 0, 86400000);
+    if (!v) return std::unexpected(v.error());
+    config.linger_ms = static_cast<int>(*v);
+  }
   if (doc.contains("passthrough")) {
     auto v = string_value(doc, path, "passthrough");
     if (!v) return std::unexpected(v.error());
@@ -155,6 +158,23 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
         config.allowed_mount_options.push_back(name);
     }
   }
+  if (doc.contains("watch_runtimes")) {
+    const auto& v = doc.at("watch_runtimes");
+    auto refused = [&] {
+      return bad(path, "watch_runtimes",
+                 "must be an array of runtime names (such as \"io.containerd.urunc.v2\", or "
+                 "\"*\" for all)");
+    };
+    if (!v.is_array()) return std::unexpected(refused());
+    config.watch_runtimes.clear();
+    for (const auto& item : v) {
+      if (!item.is_string()) return std::unexpected(refused());
+      const auto name = item.get<std::string>();
+      if (name.empty() || name.find_first_of(" \t\n") != std::string::npos)
+        return std::unexpected(refused());
+      config.watch_runtimes.push_back(name);
+    }
+  }
   for (const auto& [key, value] : doc.items()) config.origin[key] = "file";
   set_defaults_origin(config);
   return config;
@@ -175,8 +195,19 @@ Result<Config> load_config() {
     return std::unexpected(errno_error(
         err, "config file " + path + (from_env ? std::string(" (from ") + kConfigEnv + ")" : "")));
   }
-  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  return parse_config(text, path);
+  return parse_config(read_all(in), path);
+}
+
+std::string read_all(std::istream& in) {
+  // In blocks, not through std::istreambuf_iterator: g++ 14 at -O2 and up
+  // reports a potential null dereference inside libstdc++'s streambuf for
+  // the iterator's construction of a string (the iterator drops its
+  // streambuf pointer at end of stream), which -Werror turns into a failure.
+  std::string text;
+  std::array<char, 4096> block{};
+  while (in.read(block.data(), block.size()) || in.gcount() > 0)
+    text.append(block.data(), static_cast<std::size_t>(in.gcount()));
+  return text;
 }
 
 bool mount_option_allowed(const Config& config, std::string_view name) {
@@ -195,7 +226,9 @@ nlohmann::json config_to_json(const Config& config) {
       {"timeout_ms", config.timeout_ms},
       {"threads", config.threads},
       {"passthrough", config.passthrough},
+      {"linger_ms", config.linger_ms},
       {"allowed_mount_options", config.allowed_mount_options},
+      {"watch_runtimes", config.watch_runtimes},
   };
   nlohmann::json origins = nlohmann::json::object();
   for (const auto& [key, value] : values.items()) origins[key] = origin(key.c_str());
@@ -208,7 +241,7 @@ std::string format_config(const Config& config) {
   std::string out =
       "config file: " + config.path + (config.loaded ? "" : " (absent: built-in defaults)") + "\n";
   for (const char* key : {"address", "namespace", "log_level", "timeout_ms", "threads",
-                          "passthrough", "allowed_mount_options"}) {
+                          "passthrough", "linger_ms", "allowed_mount_options", "watch_runtimes"}) {
     const auto& v = doc["values"][key];
     std::string text;
     if (v.is_string()) {

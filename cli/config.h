@@ -16,7 +16,9 @@
 //     "timeout_ms": 10000,
 //     "threads": 4,
 //     "passthrough": "auto",
-//     "allowed_mount_options": ["kernel", "initrd", "bundle", "namespace"]
+//     "linger_ms": 0,
+//     "allowed_mount_options": ["kernel", "initrd", "bundle", "namespace"],
+//     "watch_runtimes": ["io.containerd.urunc.v2"]
 //   }
 #pragma once
 
@@ -52,7 +54,13 @@ struct Config {
   int timeout_ms = 10000;
   unsigned threads = 4;
   std::string passthrough = "auto";
+  // The daemon keeps a view this long after its last mount went (a next
+  // container of the image then finds it ready); 0: released at once.
+  int linger_ms = 0;
   std::vector<std::string> allowed_mount_options{kHelperOptions.begin(), kHelperOptions.end()};
+  // The daemon locates the containers of these runtimes as containerd
+  // announces them, ahead of their mounts ("*": every runtime; []: none).
+  std::vector<std::string> watch_runtimes{"io.containerd.urunc.v2"};
 
   std::string path;     // the file looked at
   bool loaded = false;  // it existed and was read

@@ -9,16 +9,7 @@
 
 #include "urunc_bootfs/error.h"
 
-namespace urunc::bootfs::snapshot {
-class Client;
-}
-
 namespace urunc::bootfs::cli {
-
-// Collects in the client's namespace. Appends one line per removed (or, with
-// dry_run, removable) lease to `report` when it is not null.
-[[nodiscard]] Status collect_garbage(snapshot::Client& client, bool dry_run,
-                                     std::vector<std::string>* report);
 
 struct GcRequest {
   std::string address;

@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -25,8 +24,7 @@ struct OciState {
 };
 
 Result<OciState> read_state(std::istream& in) {
-  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  auto doc = nlohmann::json::parse(text, nullptr, false);
+  auto doc = nlohmann::json::parse(read_all(in), nullptr, false);
   if (doc.is_discarded() || !doc.is_object())
     return std::unexpected(
         make_error(ErrorKind::invalid, "the OCI state on stdin is not a JSON object"));

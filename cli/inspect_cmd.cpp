@@ -168,9 +168,4 @@ int run_list(bool json) {
   return 0;
 }
 
-int report(const Error& error) {
-  std::fprintf(stderr, "urunc-bootfs: %s\n", error.to_string().c_str());
-  return exit_code(error.kind);
-}
-
 }  // namespace urunc::bootfs::cli

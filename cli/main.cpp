@@ -1,11 +1,20 @@
-// urunc-bootfs: the command line. Parses, validates, and hands each verb to
-// its run_* function; exceptions stop here.
+// The command line, built twice: as `urunc-bootfs` (URUNC_BOOTFS_THIN, the
+// thin client: mount, umount, hook and the mount helper talk to the host
+// daemon; every other verb is handed to the full binary by exec) and as
+// `urunc-bootfsd` (the full binary: every verb, the daemon itself, and
+// `mount --foreground`). Parses, validates, and hands each verb to its
+// run_* function; exceptions stop here.
+#ifndef URUNC_BOOTFS_THIN
 #include <spdlog/spdlog.h>
+
+#include "server.h"
+#endif
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <string_view>
 
 #include "commands.h"
 #include "config.h"
@@ -52,6 +61,26 @@ void add_containerd_flags(CLI::App* cmd, cli::ContainerdRequest& cd) {
       ->check(CLI::Range(100, 600000));
 }
 
+bool parsed(const CLI::App* cmd) {
+  return cmd != nullptr && cmd->parsed();
+}
+
+#ifdef URUNC_BOOTFS_THIN
+// The verb: the first argument that is not an option (nor --log-level's
+// value), or "" when there is none.
+std::string_view verb_of(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--log-level") {
+      ++i;
+      continue;
+    }
+    if (!arg.starts_with("-")) return arg;
+  }
+  return {};
+}
+#endif
+
 }  // namespace
 
 int run(int argc, char** argv);
@@ -70,8 +99,21 @@ int main(int argc, char** argv) {
 }
 
 int run(int argc, char** argv) {
+  cli::remember_argv(argv);
   // Called by mount(8) as /sbin/mount.fuse.urunc-bootfs.
   if (argc > 0 && cli::is_helper_name(argv[0])) return cli::run_helper(argc, argv);
+#ifdef URUNC_BOOTFS_THIN
+  // The thin client builds the command line of the one verb it was given,
+  // for a start that costs little more than exec. Every other verb, and
+  // --help, belong to the full binary.
+  const std::string_view verb = verb_of(argc, argv);
+  const bool version_only = argc == 2 && std::string_view(argv[1]) == "--version";
+  if (verb != "mount" && verb != "umount" && verb != "hook" && !version_only)
+    return cli::exec_full(argv);
+  const auto wanted = [verb](std::string_view name) { return name == verb; };
+#else
+  const auto wanted = [](std::string_view /*name*/) { return true; };
+#endif
 
   CLI::App app{
       "urunc-bootfs: serve a container's boot artifacts (kernel, initrd, urunc.json)\n"
@@ -88,107 +130,156 @@ int run(int argc, char** argv) {
   // mount
   cli::MountRequest mount;
   cli::ContainerdRequest cd;
-  auto* mount_cmd = app.add_subcommand(
-      "mount",
-      "Mount the boot artifacts of a container (containerd) or a directory at MOUNTPOINT\n"
-      "(default <bundle>/boot). Returns once the filesystem answers; the daemon serves\n"
-      "in the background until `urunc-bootfs umount`.");
-  mount_cmd->add_option("mountpoint", mount.mountpoint,
-                        "where to mount (default: <bundle>/boot, created)");
-  mount_cmd->add_option(
-      "--bundle,-b", mount.bundle,
-      "OCI bundle: its config.json annotations name the artifacts; under containerd\n"
-      "its path (.../<namespace>/<id>) names the container");
-  mount_cmd->add_option("--source-dir", mount.source_dir,
-                        "serve from this already-mounted rootfs instead of containerd");
-  mount_cmd->add_option("--container,-c", cd.container, "containerd container id");
-  mount_cmd->add_option("--snapshot", cd.snapshot, "an active snapshot key (with --snapshotter)");
-  mount_cmd->add_option("--parent", cd.parent,
-                        "a committed snapshot key to view (with --snapshotter)");
-  mount_cmd->add_option("--snapshotter", cd.snapshotter, "snapshotter of --snapshot/--parent");
-  add_containerd_flags(mount_cmd, cd);
-  mount_cmd->add_option("--kernel", mount.kernel,
-                        "kernel path inside the image (overrides annotations)");
-  mount_cmd->add_option("--initrd", mount.initrd, "initrd path inside the image (with --kernel)");
-  mount_cmd->add_flag("--foreground,-f", mount.foreground,
-                      "serve in the foreground, log to stderr");
-  mount_cmd->add_flag("--debug", mount.debug, "log every FUSE request (implies --foreground)");
-  mount_cmd->add_option("--threads", mount.threads, "maximum FUSE worker threads")
-      ->default_val(4)
-      ->check(CLI::Range(1, 64));
-  mount_cmd
-      ->add_option("--passthrough", mount.passthrough,
-                   "kernel FUSE passthrough for reads: auto (use it where the kernel accepts it),\n"
-                   "on (fail if it cannot be used), off (splice reads with keep_cache)")
-      ->default_val("auto")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
-  mount_cmd->footer(kFooter);
+  CLI::App* mount_cmd = nullptr;
+  if (wanted("mount")) {
+    mount_cmd = app.add_subcommand(
+        "mount",
+        "Mount the boot artifacts of a container (containerd) or a directory at MOUNTPOINT\n"
+        "(default <bundle>/boot). Returns once the filesystem answers; the daemon serves\n"
+        "in the background until `urunc-bootfs umount`.");
+    mount_cmd->add_option("mountpoint", mount.mountpoint,
+                          "where to mount (default: <bundle>/boot, created)");
+    mount_cmd->add_option(
+        "--bundle,-b", mount.bundle,
+        "OCI bundle: its config.json annotations name the artifacts; under containerd\n"
+        "its path (.../<namespace>/<id>) names the container");
+    mount_cmd->add_option("--source-dir", mount.source_dir,
+                          "serve from this already-mounted rootfs instead of containerd");
+    mount_cmd->add_option("--container,-c", cd.container, "containerd container id");
+    mount_cmd->add_option("--snapshot", cd.snapshot, "an active snapshot key (with --snapshotter)");
+    mount_cmd->add_option("--parent", cd.parent,
+                          "a committed snapshot key to view (with --snapshotter)");
+    mount_cmd->add_option("--snapshotter", cd.snapshotter, "snapshotter of --snapshot/--parent");
+    add_containerd_flags(mount_cmd, cd);
+    mount_cmd->add_option("--kernel", mount.kernel,
+                          "kernel path inside the image (overrides annotations)");
+    mount_cmd->add_option("--initrd", mount.initrd, "initrd path inside the image (with --kernel)");
+    mount_cmd->add_flag("--foreground,-f", mount.foreground,
+                        "serve in the foreground, log to stderr");
+    mount_cmd->add_flag("--debug", mount.debug, "log every FUSE request (implies --foreground)");
+    mount_cmd->add_option("--threads", mount.threads, "maximum FUSE worker threads")
+        ->default_val(4)
+        ->check(CLI::Range(1, 64));
+    mount_cmd
+        ->add_option(
+            "--passthrough", mount.passthrough,
+            "kernel FUSE passthrough for reads: auto (use it where the kernel accepts it),\n"
+            "on (fail if it cannot be used), off (splice reads with keep_cache)")
+        ->default_val("auto")
+        ->check(CLI::IsMember({"auto", "on", "off"}));
+    mount_cmd->footer(kFooter);
+  }
 
   // umount
   cli::UmountRequest umount;
-  auto* umount_cmd = app.add_subcommand(
-      "umount",
-      "Unmount MOUNTPOINT, wait until its daemon released the view and lease and exited.\n"
-      "Also cleans a mountpoint whose daemon died.");
-  umount_cmd->add_option("mountpoint", umount.mountpoint, "the mountpoint")->required();
-  umount_cmd->add_flag("--lazy,-l", umount.lazy, "detach even if files are open (MNT_DETACH)");
-  umount_cmd->add_option("--timeout", umount.timeout_ms, "how long to wait for the daemon, in ms")
-      ->default_val(60000);
-  umount_cmd->footer(kFooter);
+  CLI::App* umount_cmd = nullptr;
+  if (wanted("umount")) {
+    umount_cmd = app.add_subcommand(
+        "umount",
+        "Unmount MOUNTPOINT, wait until its daemon released the view and lease and exited.\n"
+        "Also cleans a mountpoint whose daemon died.");
+    umount_cmd->add_option("mountpoint", umount.mountpoint, "the mountpoint")->required();
+    umount_cmd->add_flag("--lazy,-l", umount.lazy, "detach even if files are open (MNT_DETACH)");
+    umount_cmd->add_option("--timeout", umount.timeout_ms, "how long to wait for the daemon, in ms")
+        ->default_val(60000);
+    umount_cmd->footer(kFooter);
+  }
 
   // status
   std::string status_mountpoint;
   bool status_json = false;
-  auto* status_cmd = app.add_subcommand(
-      "status", "Show what MOUNTPOINT serves: source, artifacts, daemon, counters.");
-  status_cmd->add_option("mountpoint", status_mountpoint, "the mountpoint")->required();
-  status_cmd->add_flag("--json", status_json, "machine-readable output");
-  status_cmd->footer(kFooter);
+  CLI::App* status_cmd = nullptr;
+  if (wanted("status")) {
+    status_cmd = app.add_subcommand(
+        "status", "Show what MOUNTPOINT serves: source, artifacts, daemon, counters.");
+    status_cmd->add_option("mountpoint", status_mountpoint, "the mountpoint")->required();
+    status_cmd->add_flag("--json", status_json, "machine-readable output");
+    status_cmd->footer(kFooter);
+  }
 
   // list
   bool list_json = false;
-  auto* list_cmd = app.add_subcommand("list", "List every urunc-bootfs mount on this host.");
-  list_cmd->add_flag("--json", list_json, "machine-readable output");
-  list_cmd->footer(kFooter);
+  CLI::App* list_cmd = nullptr;
+  if (wanted("list")) {
+    list_cmd = app.add_subcommand("list", "List every urunc-bootfs mount on this host.");
+    list_cmd->add_flag("--json", list_json, "machine-readable output");
+    list_cmd->footer(kFooter);
+  }
 
   // gc
   cli::GcRequest gc;
   cli::ContainerdRequest gc_cd;
-  auto* gc_cmd = app.add_subcommand(
-      "gc",
-      "Remove what dead mounts left: leases labelled io.urunc.bootfs/owner whose owner\n"
-      "process is gone (with their views), and state files and FUSE mounts of dead daemons.");
-  add_containerd_flags(gc_cmd, gc_cd);
-  gc_cmd->add_flag("--all-namespaces,-A", gc.all_namespaces, "every containerd namespace");
-  gc_cmd->add_flag("--dry-run", gc.dry_run, "print what would be removed, remove nothing");
-  gc_cmd->footer(kFooter);
+  CLI::App* gc_cmd = nullptr;
+  if (wanted("gc")) {
+    gc_cmd = app.add_subcommand(
+        "gc",
+        "Remove what dead mounts left: leases labelled io.urunc.bootfs/owner whose owner\n"
+        "process is gone (with their views), and state files and FUSE mounts of dead daemons.");
+    add_containerd_flags(gc_cmd, gc_cd);
+    gc_cmd->add_flag("--all-namespaces,-A", gc.all_namespaces, "every containerd namespace");
+    gc_cmd->add_flag("--dry-run", gc.dry_run, "print what would be removed, remove nothing");
+    gc_cmd->footer(kFooter);
+  }
 
   // hook
   cli::HookRequest hook;
-  auto* hook_cmd = app.add_subcommand(
-      "hook",
-      "OCI hook: reads the container state JSON on stdin. create-runtime mounts the boot\n"
-      "files at <bundle>/boot; poststop unmounts them. Under containerd (bundle at\n"
-      ".../io.containerd.runtime.v2.task/<ns>/<id>) the files come from a view of the\n"
-      "container's image, otherwise from the bundle's rootfs.");
-  hook_cmd->add_option("phase", hook.phase, "create-runtime or poststop")
-      ->required()
-      ->check(CLI::IsMember({"create-runtime", "poststop"}));
-  hook_cmd->add_option("--source", hook.source, "auto, containerd or rootfs")
-      ->default_val("auto")
-      ->check(CLI::IsMember({"auto", "containerd", "rootfs"}));
-  add_containerd_flags(hook_cmd, hook.containerd);
-  hook_cmd->footer(kFooter);
+  CLI::App* hook_cmd = nullptr;
+  if (wanted("hook")) {
+    hook_cmd = app.add_subcommand(
+        "hook",
+        "OCI hook: reads the container state JSON on stdin. create-runtime mounts the boot\n"
+        "files at <bundle>/boot; poststop unmounts them. Under containerd (bundle at\n"
+        ".../io.containerd.runtime.v2.task/<ns>/<id>) the files come from a view of the\n"
+        "container's image, otherwise from the bundle's rootfs.");
+    hook_cmd->add_option("phase", hook.phase, "create-runtime or poststop")
+        ->required()
+        ->check(CLI::IsMember({"create-runtime", "poststop"}));
+    hook_cmd->add_option("--source", hook.source, "auto, containerd or rootfs")
+        ->default_val("auto")
+        ->check(CLI::IsMember({"auto", "containerd", "rootfs"}));
+    add_containerd_flags(hook_cmd, hook.containerd);
+    hook_cmd->footer(kFooter);
+  }
+
+  // daemon
+  unsigned daemon_threads = 4;
+  int daemon_linger_ms = 0;
+  int daemon_ready_fd = -1;
+  std::vector<std::string> daemon_watch_runtimes;
+  CLI::App* daemon_cmd = nullptr;
+  if (wanted("daemon")) {
+    daemon_cmd = app.add_subcommand(
+        "daemon",
+        "Run the host daemon that serves every mount (normally started by systemd, or by\n"
+        "the first `mount` that finds none). Its socket is <state dir>/daemon.sock, root only;\n"
+        "SIGTERM ends every mount and releases every view and lease.");
+    daemon_cmd->add_option("--threads", daemon_threads, "FUSE worker threads shared by all mounts")
+        ->check(CLI::Range(1, 64));
+    daemon_cmd
+        ->add_option("--linger-ms", daemon_linger_ms,
+                     "keep a view this long after its last mount (default: config, 0)")
+        ->check(CLI::Range(0, 86400000));
+    daemon_cmd->add_option("--ready-fd", daemon_ready_fd, "write \"ok\" to this fd once serving");
+    daemon_cmd->add_option(
+        "--watch-runtime", daemon_watch_runtimes,
+        "locate the containers of this runtime as containerd creates them, ahead of their\n"
+        "mounts (repeatable; \"*\": all; \"none\": no watch; default: config,\n"
+        "io.containerd.urunc.v2)");
+    daemon_cmd->footer(kFooter);
+  }
 
   // config
   bool config_json = false;
-  auto* config_cmd = app.add_subcommand(
-      "config",
-      "Print the effective configuration and where each value comes from: built-in\n"
-      "defaults, /etc/urunc-bootfs/config.json (or $URUNC_BOOTFS_CONFIG), the environment,\n"
-      "flags.");
-  config_cmd->add_flag("--json", config_json, "machine-readable output");
-  config_cmd->footer(kFooter);
+  CLI::App* config_cmd = nullptr;
+  if (wanted("config")) {
+    config_cmd = app.add_subcommand(
+        "config",
+        "Print the effective configuration and where each value comes from: built-in\n"
+        "defaults, /etc/urunc-bootfs/config.json (or $URUNC_BOOTFS_CONFIG), the environment,\n"
+        "flags.");
+    config_cmd->add_flag("--json", config_json, "machine-readable output");
+    config_cmd->footer(kFooter);
+  }
 
   try {
     app.parse(argc, argv);
@@ -206,7 +297,7 @@ int run(int argc, char** argv) {
   // file; umount, status and list carry on without it.
   auto loaded = cli::load_config();
   const bool needs_config =
-      mount_cmd->parsed() || gc_cmd->parsed() || hook_cmd->parsed() || config_cmd->parsed();
+      parsed(mount_cmd) || parsed(gc_cmd) || parsed(hook_cmd) || parsed(config_cmd);
   cli::Config config = loaded ? cli::with_environment(std::move(*loaded)) : cli::Config{};
   if (unset(&app, "--log-level")) {
     log_level = config.log_level;
@@ -214,16 +305,40 @@ int run(int argc, char** argv) {
     config.log_level = log_level;
     config.origin["log_level"] = "flag";
   }
+#ifndef URUNC_BOOTFS_THIN
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("urunc-bootfs: %^%l%$: %v");
+#endif
   if (!loaded) {
     if (needs_config) return cli::report(loaded.error());
-    spdlog::warn("ignoring the config file: {}", loaded.error().to_string());
+    std::fprintf(stderr, "urunc-bootfs: warning: ignoring the config file: %s\n",
+                 loaded.error().to_string().c_str());
   }
-  if (config_cmd->parsed()) return cli::run_config(config, config_json);
+#ifndef URUNC_BOOTFS_THIN
+  if (parsed(config_cmd)) return cli::run_config(config, config_json);
+  if (parsed(daemon_cmd)) {
+    spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %l [%t] %v");
+    ub::daemon::DaemonOptions options;
+    options.threads = unset(daemon_cmd, "--threads") ? config.threads : daemon_threads;
+    options.linger = std::chrono::milliseconds(unset(daemon_cmd, "--linger-ms") ? config.linger_ms
+                                                                                : daemon_linger_ms);
+    options.ready_fd = daemon_ready_fd;
+    options.watch_runtimes =
+        unset(daemon_cmd, "--watch-runtime") ? config.watch_runtimes : daemon_watch_runtimes;
+    std::erase(options.watch_runtimes, "none");
+    options.watch_address = config.address;
+    const int rc = ub::daemon::run_daemon(options);
+    // Everything is released by now; leave without running the static
+    // destructors of gRPC's and abseil's globals (their threads may still
+    // run), as a daemon that served its mounts has nothing left to tidy.
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(rc);
+  }
+#endif
 
   try {
-    if (mount_cmd->parsed()) {
+    if (parsed(mount_cmd)) {
       apply_config(mount_cmd, cd, config);
       if (unset(mount_cmd, "--threads")) mount.threads = config.threads;
       if (unset(mount_cmd, "--passthrough")) mount.passthrough = config.passthrough;
@@ -251,10 +366,12 @@ int run(int argc, char** argv) {
       }
       return cli::run_mount(std::move(mount));
     }
-    if (umount_cmd->parsed()) return cli::run_umount(umount);
-    if (status_cmd->parsed()) return cli::run_status(status_mountpoint, status_json);
-    if (list_cmd->parsed()) return cli::run_list(list_json);
-    if (hook_cmd->parsed()) {
+    if (parsed(umount_cmd)) return cli::run_umount(umount);
+#ifndef URUNC_BOOTFS_THIN
+    if (parsed(status_cmd)) return cli::run_status(status_mountpoint, status_json);
+    if (parsed(list_cmd)) return cli::run_list(list_json);
+#endif
+    if (parsed(hook_cmd)) {
       // The namespace of a hook comes from the bundle path, never the file.
       apply_config(hook_cmd, hook.containerd, config);
       hook.threads = config.threads;
@@ -262,7 +379,8 @@ int run(int argc, char** argv) {
       if (hook.containerd.address.empty()) hook.containerd.address = kDefaultAddress;
       return cli::run_hook(hook);
     }
-    if (gc_cmd->parsed()) {
+#ifndef URUNC_BOOTFS_THIN
+    if (parsed(gc_cmd)) {
       apply_config(gc_cmd, gc_cd, config);
       if (gc_cd.ns.empty()) gc_cd.ns = config.ns;
       gc.address = gc_cd.address.empty() ? kDefaultAddress : gc_cd.address;
@@ -270,6 +388,7 @@ int run(int argc, char** argv) {
       gc.timeout_ms = gc_cd.timeout_ms;
       return cli::run_gc(gc);
     }
+#endif
   } catch (const std::exception& e) {
     return cli::report(ub::make_error(ub::ErrorKind::internal, e.what()));
   }

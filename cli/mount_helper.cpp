@@ -1,7 +1,5 @@
 #include "mount_helper.h"
 
-#include <spdlog/spdlog.h>
-
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -94,10 +92,8 @@ std::vector<std::string> args_of(int argc, char** argv) {
   return args;
 }
 
-void setup_logging(const std::string& level) {
-  spdlog::set_level(spdlog::level::from_str(level));
-  spdlog::set_pattern("urunc-bootfs: %^%l%$: %v");
-}
+// The helper only forwards the request: the daemon logs, at its own level.
+void setup_logging(const std::string&) {}
 
 }  // namespace
 

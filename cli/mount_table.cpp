@@ -1,5 +1,8 @@
 #include "mount_table.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -74,6 +77,29 @@ std::optional<std::string> mounted_fstype(const std::string& path) {
   for (const auto& e : read_mountinfo())
     if (e.mount_point == path) found = e.fstype;  // the last one is visible
   return found;
+}
+
+bool is_mount_root(const std::string& path) {
+  struct statx stx {};
+  if (::statx(AT_FDCWD, path.c_str(), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &stx) != 0)
+    // A FUSE mount whose daemon died is still a mount (kernels say ENOTCONN
+    // or, since the connection was aborted, ECONNABORTED).
+    return errno == ENOTCONN || errno == ECONNABORTED;
+  return (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) != 0 &&
+         (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+}
+
+Status check_mountpoint(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return std::unexpected(errno_error(errno, "mountpoint " + path));
+  if (!S_ISDIR(st.st_mode))
+    return std::unexpected(
+        make_error(ErrorKind::invalid, "mountpoint " + path + " is not a directory", ENOTDIR));
+  if (is_mount_root(path))
+    return std::unexpected(
+        make_error(ErrorKind::busy, "mountpoint " + path + " is already a mount point", EBUSY));
+  return {};
 }
 
 }  // namespace urunc::bootfs::cli

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "urunc_bootfs/error.h"
+
 namespace urunc::bootfs::cli {
 
 // The filesystem type mounted exactly at `path` ("fuse.urunc-bootfs", ...),
@@ -14,6 +16,12 @@ namespace urunc::bootfs::cli {
 // Other mount points of the same filesystem as the one mounted at `path`
 // (binds of it or of files in it), in this mount namespace.
 [[nodiscard]] std::vector<std::string> other_mounts_of(const std::string& path);
+
+// Whether `path` is the root of a mount (a dead FUSE mount included).
+[[nodiscard]] bool is_mount_root(const std::string& path);
+// What a mount may go on: an existing directory that is not already a
+// mount point. The error names the path and what is wrong with it.
+[[nodiscard]] Status check_mountpoint(const std::string& path);
 
 inline constexpr const char* kOurFsType = "fuse.urunc-bootfs";
 

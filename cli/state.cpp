@@ -9,6 +9,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "urunc_bootfs/namespaces.h"
+
 namespace urunc::bootfs::cli {
 namespace fsys = std::filesystem;
 
@@ -27,10 +29,20 @@ std::string normalize_mountpoint(const std::string& path) {
   return (parent / p.filename()).string();
 }
 
-fsys::path state_path(const std::string& mountpoint) {
-  // FNV-1a of the path: stable, short, and free of '/'.
+std::uint64_t own_mount_ns() {
+  static const std::uint64_t id = [] {
+    auto ns = mount_ns_id();
+    return ns ? *ns : 0;
+  }();
+  return id;
+}
+
+fsys::path state_path(const std::string& mountpoint, std::uint64_t mount_ns) {
+  // FNV-1a of the namespace and the path: stable, short, free of '/'.
+  const std::string key =
+      std::to_string(mount_ns == 0 ? own_mount_ns() : mount_ns) + ":" + mountpoint;
   std::uint64_t hash = 14695981039346656037ULL;
-  for (unsigned char c : mountpoint) {
+  for (unsigned char c : key) {
     hash ^= c;
     hash *= 1099511628211ULL;
   }
@@ -50,6 +62,7 @@ nlohmann::json to_json(const MountState& s) {
   nlohmann::json doc = {
       {"version", 1},
       {"mountpoint", s.mountpoint},
+      {"mount_ns", s.mount_ns == 0 ? own_mount_ns() : s.mount_ns},
       {"daemon",
        {{"boot_id", s.daemon.boot_id}, {"pid", s.daemon.pid}, {"start_time", s.daemon.start_time}}},
       {"source", s.source_kind},
@@ -60,12 +73,24 @@ nlohmann::json to_json(const MountState& s) {
   };
   if (!s.source_dir.empty()) doc["source_dir"] = s.source_dir;
   if (!s.last_error.empty()) doc["last_error"] = s.last_error;
+  if (!s.timings.empty()) {
+    nlohmann::json timings = nlohmann::json::object();
+    double total = 0;
+    for (const auto& [step, ms] : s.timings) {
+      timings[step] = ms;
+      total += ms;
+    }
+    timings["total"] = total;
+    doc["timings_ms"] = timings;
+    doc["view_shared"] = s.view_shared;
+  }
   if (s.containerd) {
     const auto& c = *s.containerd;
     doc["containerd"] = {{"address", c.address},     {"namespace", c.ns},
                          {"container", c.container}, {"snapshotter", c.snapshotter},
                          {"parent", c.parent},       {"view", c.view_key},
                          {"lease", c.lease_id},      {"view_mounts", c.view_mounts}};
+    if (!c.located_by.empty()) doc["containerd"]["located_by"] = c.located_by;
     if (c.devmapper) {
       const auto& d = *c.devmapper;
       doc["containerd"]["devmapper"] = {{"device", d.device},
@@ -88,6 +113,11 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
   try {
     MountState s;
     s.mountpoint = doc.at("mountpoint").get<std::string>();
+    s.mount_ns = doc.value("mount_ns", std::uint64_t{0});
+    s.view_shared = doc.value("view_shared", false);
+    if (auto it = doc.find("timings_ms"); it != doc.end() && it->is_object())
+      for (const auto& [step, ms] : it->items())
+        if (step != "total") s.timings.emplace_back(step, ms.get<double>());
     const auto& d = doc.at("daemon");
     s.daemon = {d.at("boot_id").get<std::string>(), d.at("pid").get<pid_t>(),
                 d.at("start_time").get<std::uint64_t>()};
@@ -102,11 +132,12 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
                              a.value("size", std::int64_t{0}), a.value("mode", 0u)});
     if (doc.contains("containerd")) {
       const auto& c = doc.at("containerd");
-      s.containerd = ContainerdState{
-          c.at("address"),       c.at("namespace"),
-          c.at("container"),     c.at("snapshotter"),
-          c.value("parent", ""), c.value("view", ""),
-          c.value("lease", ""),  c.value("view_mounts", std::vector<std::string>{})};
+      s.containerd =
+          ContainerdState{c.at("address"),       c.at("namespace"),
+                          c.at("container"),     c.at("snapshotter"),
+                          c.value("parent", ""), c.value("view", ""),
+                          c.value("lease", ""),  c.value("view_mounts", std::vector<std::string>{}),
+                          std::nullopt,          c.value("located_by", "")};
       if (c.contains("devmapper")) {
         const auto& j = c.at("devmapper");
         DevmapperState dm;
@@ -131,15 +162,19 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
   }
 }
 
+bool held_by_live_daemon(const MountState& state) {
+  return state.phase != "release-failed" && process_alive(state.daemon);
+}
+
 Status save_state(const MountState& state) {
-  const fsys::path path = state_path(state.mountpoint);
+  const fsys::path path = state_path(state.mountpoint, state.mount_ns);
   std::error_code ec;
   fsys::create_directories(path.parent_path(), ec);
   if (ec)
     return std::unexpected(
         make_error(ErrorKind::permission,
                    "cannot create " + path.parent_path().string() + ": " + ec.message()));
-  const fsys::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  const fsys::path tmp = path.string() + ".tmp." + std::to_string(::gettid());
   const std::string text = to_json(state).dump(2) + "\n";
   {
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -173,8 +208,9 @@ Result<MountState> load_file(const fsys::path& path) {
 
 }  // namespace
 
-Result<std::optional<MountState>> load_state(const std::string& mountpoint) {
-  const fsys::path path = state_path(mountpoint);
+Result<std::optional<MountState>> load_state(const std::string& mountpoint,
+                                             std::uint64_t mount_ns) {
+  const fsys::path path = state_path(mountpoint, mount_ns);
   if (!fsys::exists(path)) return std::nullopt;
   auto state = load_file(path);
   if (!state) return std::unexpected(std::move(state).error());
@@ -194,9 +230,9 @@ Result<std::vector<MountState>> list_states() {
   return out;
 }
 
-void remove_state(const std::string& mountpoint) {
+void remove_state(const std::string& mountpoint, std::uint64_t mount_ns) {
   std::error_code ec;
-  fsys::remove(state_path(mountpoint), ec);
+  fsys::remove(state_path(mountpoint, mount_ns), ec);
 }
 
 }  // namespace urunc::bootfs::cli

@@ -13,6 +13,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "urunc_bootfs/error.h"
@@ -54,10 +55,16 @@ struct ContainerdState {
   std::string lease_id;                  // empty until the lease exists
   std::vector<std::string> view_mounts;  // "type source options", for status
   std::optional<DevmapperState> devmapper = std::nullopt;  // a devmapper view's device
+  // How the container was found: "containerd" (asked while mounting) or
+  // "events" (located ahead, when containerd announced it).
+  std::string located_by;
 };
 
 struct MountState {
   std::string mountpoint;
+  // The mount namespace the mountpoint lives in (inode of /proc/PID/ns/mnt);
+  // 0 = the namespace of whoever reads the record.
+  std::uint64_t mount_ns = 0;
   ProcessId daemon;
   std::string source_kind;  // "dir" or "containerd"
   std::string source_dir;   // for "dir"
@@ -67,6 +74,10 @@ struct MountState {
   std::int64_t mounted_at = 0;  // unix seconds
   std::string phase;            // "starting", "serving", "releasing", "release-failed"
   std::string last_error;       // when phase is release-failed
+  // How long each step of the mount took, in ms, in order (locate, view,
+  // attach, resolve, fuse, ready).
+  std::vector<std::pair<std::string, double>> timings;
+  bool view_shared = false;  // the view was already there for another mount
 };
 
 [[nodiscard]] std::filesystem::path state_dir();
@@ -74,12 +85,22 @@ struct MountState {
 // canonicalized, its last component kept as given. Works on a mountpoint
 // whose daemon died (stat on it fails with ENOTCONN).
 [[nodiscard]] std::string normalize_mountpoint(const std::string& path);
-[[nodiscard]] std::filesystem::path state_path(const std::string& mountpoint);
+// The record of `mountpoint` in mount namespace `mount_ns` (0: ours).
+[[nodiscard]] std::filesystem::path state_path(const std::string& mountpoint,
+                                               std::uint64_t mount_ns = 0);
+// This process's mount namespace (cached).
+[[nodiscard]] std::uint64_t own_mount_ns();
+
+// The record's daemon runs and still holds what it names. A dead daemon's
+// record, or one whose release failed (the daemon let go of that view and
+// lease), is left for `umount`, the next mount of the mountpoint, or `gc`.
+[[nodiscard]] bool held_by_live_daemon(const MountState& state);
 
 [[nodiscard]] Status save_state(const MountState& state);
-[[nodiscard]] Result<std::optional<MountState>> load_state(const std::string& mountpoint);
+[[nodiscard]] Result<std::optional<MountState>> load_state(const std::string& mountpoint,
+                                                           std::uint64_t mount_ns = 0);
 [[nodiscard]] Result<std::vector<MountState>> list_states();
-void remove_state(const std::string& mountpoint);
+void remove_state(const std::string& mountpoint, std::uint64_t mount_ns = 0);
 
 [[nodiscard]] nlohmann::json to_json(const MountState& state);
 [[nodiscard]] Result<MountState> state_from_json(const nlohmann::json& doc);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -83,7 +84,13 @@ Result<ProcessId> current_process() {
 }
 
 ProcessId self_process() {
-  return current_process().value_or(ProcessId{});
+  // Read once per process (a fork child reads its own): the daemon names
+  // itself in every state file it writes.
+  static std::mutex mutex;
+  static ProcessId self;
+  std::lock_guard lock(mutex);
+  if (self.pid != ::getpid()) self = current_process().value_or(ProcessId{});
+  return self;
 }
 
 bool process_alive(const ProcessId& id) {

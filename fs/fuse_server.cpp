@@ -1,17 +1,24 @@
-#define FUSE_USE_VERSION 314
+// FUSE_USE_VERSION comes from fs/CMakeLists.txt (3.14 or 3.17, by the
+// libfuse built against).
 #include "urunc_bootfs/fuse_server.h"
 
 #include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "passthrough.h"
+#include "passthrough_api.h"
 
 namespace urunc::bootfs {
 namespace {
@@ -42,13 +49,12 @@ struct FuseServer::Impl {
   FuseOptions options;
   std::unique_ptr<FuseChannel> channel;
   fuse_session* session = nullptr;
-  bool signals = false;
   std::mutex mutex;
   std::optional<Error> init_error;  // the policy could not be met at INIT
+  FuseLoop* loop = nullptr;         // set by serve_on()
+  std::uint64_t loop_id = 0;
 
   void release() {
-    if (signals) fuse_remove_signal_handlers(session);
-    signals = false;
     if (channel) {
       channel->close_backing();
       channel->unmount();
@@ -86,14 +92,8 @@ ssize_t io_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size_t 
 
 // Readiness is signalled by the channel once the kernel took the INIT reply
 // and every file's mode is settled, not here (this runs before the reply).
-void op_init(void*, fuse_conn_info* conn) {
-  // Splice moves file pages to /dev/fuse without a copy through our memory.
-  if ((conn->capable & FUSE_CAP_SPLICE_WRITE) != 0) conn->want |= FUSE_CAP_SPLICE_WRITE;
-  if ((conn->capable & FUSE_CAP_SPLICE_MOVE) != 0) conn->want |= FUSE_CAP_SPLICE_MOVE;
-  // Requests must be read, not spliced, so that the channel sees INIT.
-  conn->want &= ~FUSE_CAP_SPLICE_READ;
-  // Nothing changes underneath: no need to revalidate cached pages on attr.
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+void op_init(void* userdata, fuse_conn_info* conn) {
+  negotiate_init(conn, channel_of(userdata));
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -174,13 +174,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!file) return reply_error(req, "open", ino, file.error());
   const int backing =
       impl.channel->backing_id(static_cast<std::size_t>(*file - impl.fs->files().data()));
-  // Splice: the content never changes while mounted, so keep the page cache
-  // across opens. Passthrough: the backing file's cache is the only one.
-  // Either way there is nothing to flush on close.
-  fi->keep_cache = backing > 0 ? 0 : 1;
-  fi->noflush = 1;
-  const FuseChannel::OpenReplyScope passthrough(backing);
-  fuse_reply_open(req, fi);
+  reply_open(req, fi, backing);
 }
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
@@ -331,8 +325,13 @@ Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs, FuseOption
   ops.init = op_init;
   impl->session = fuse_session_new(&args, &ops, sizeof ops, impl.get());
   fuse_opt_free_args(&args);
+  // libfuse takes one pthread key per session and glibc has 1024 per
+  // process: that bounds the mounts one daemon can serve (about 1020).
   if (impl->session == nullptr)
-    return std::unexpected(make_error(ErrorKind::internal, "cannot create the FUSE session"));
+    return std::unexpected(make_error(
+        ErrorKind::busy,
+        "cannot create the FUSE session (libfuse needs a thread key per session; this process "
+        "may serve about 1020 mounts at once)"));
 
   Impl* raw = impl.get();
   auto channel = FuseChannel::open(fs, impl->options.passthrough, [raw](Status ready) {
@@ -349,41 +348,224 @@ Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs, FuseOption
   });
   if (!channel) return std::unexpected(std::move(channel).error());
   impl->channel = std::move(*channel);
-  static const fuse_custom_io io_hooks = {io_writev, io_read, nullptr, io_splice_send};
-  if (const int rc = fuse_session_custom_io(impl->session, &io_hooks, impl->channel->fd()); rc != 0)
+  fuse_custom_io io_hooks{};
+  io_hooks.writev = io_writev;
+  io_hooks.read = io_read;
+  io_hooks.splice_send = io_splice_send;
+  if (const int rc = attach_custom_io(impl->session, io_hooks, impl->channel->fd()); rc != 0)
     return std::unexpected(
         make_error(ErrorKind::internal, "cannot hand /dev/fuse to the session", -rc));
   impl->channel->hand_over();
-  UB_TRY(impl->channel->mount(impl->options.mountpoint, impl->options.fsname));
-  if (fuse_set_signal_handlers(impl->session) != 0)
-    return std::unexpected(make_error(ErrorKind::internal, "cannot install signal handlers"));
-  impl->signals = true;
+  UB_TRY(impl->channel->mount(impl->options.mountpoint, impl->options.fsname,
+                              impl->options.mount_ns_fd));
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
 }
 
-Status FuseServer::run() {
-  fuse_loop_config* config = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_max_threads(config, impl_->options.max_threads);
-  // Keep every worker: with one idle thread, libfuse 3.14 ends and starts
-  // a thread around most requests (open+close 130 us instead of 6 us, splice
-  // reads 0.5 instead of 1.4 GB/s, docs/performance.md); idle threads cost
-  // no measurable RSS.
-  fuse_loop_cfg_set_idle_threads(config, impl_->options.max_threads);
-  const int rc = fuse_session_loop_mt(impl_->session, config);
-  fuse_loop_cfg_destroy(config);
+void FuseServer::stop() {
+  if (impl_->loop != nullptr) impl_->loop->end(impl_->loop_id);
+}
+
+void FuseServer::release() {
   impl_->release();
+}
+
+std::uint64_t FuseServer::loop_id() const {
+  return impl_->loop_id;
+}
+
+// ------------------------------------------------------------- FuseLoop
+
+namespace {
+// Requests served from one session before its fd is re-armed, so that a
+// busy mount cannot hold a worker forever.
+constexpr int kBatch = 64;
+// epoll data of the loop's wake-up eventfd; sessions count from 1.
+constexpr std::uint64_t kWakeId = 0;
+}  // namespace
+
+struct FuseLoop::Impl {
+  struct Slot {
+    fuse_session* session = nullptr;
+    int fd = -1;
+    std::function<void(Status)> on_end;
+    bool busy = false;  // a worker is serving it (its fd is disarmed)
+    bool stop = false;  // end() was asked while busy
+  };
+
+  UniqueFd epoll;
+  UniqueFd wake;
+  std::vector<std::thread> workers;
+  mutable std::mutex mutex;
+  std::unordered_map<std::uint64_t, Slot> slots;
+  std::uint64_t next_id = 1;
+
+  // With `mutex` held: takes the slot off the loop; its on_end is the
+  // caller's to run, outside the lock.
+  std::function<void(Status)> remove_locked(std::uint64_t id) {
+    auto it = slots.find(id);
+    auto on_end = std::move(it->second.on_end);
+    ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, it->second.fd, nullptr);
+    slots.erase(it);
+    return on_end;
+  }
+
+  void work() {
+    fuse_buf buf{};
+    while (true) {
+      epoll_event ev{};
+      const int n = ::epoll_wait(epoll.get(), &ev, 1, -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || ev.data.u64 == kWakeId) break;
+      const std::uint64_t id = ev.data.u64;
+      fuse_session* session = nullptr;
+      {
+        std::lock_guard lock(mutex);
+        auto it = slots.find(id);
+        // Gone (ended by end() between epoll_wait and here) or taken.
+        if (it == slots.end() || it->second.busy) continue;
+        it->second.busy = true;
+        session = it->second.session;
+      }
+      Status ended_with;
+      bool ended = false;
+      for (int i = 0; i < kBatch && !ended; ++i) {
+        const int res = fuse_session_receive_buf(session, &buf);
+        if (res == -EAGAIN) break;
+        if (res == -EINTR) continue;
+        if (res <= 0) {
+          // 0: unmounted or aborted (ENODEV), or the session was told to exit.
+          if (res < 0)
+            ended_with = std::unexpected(
+                make_error(ErrorKind::internal,
+                           "reading the FUSE device: " + std::string(strerror(-res)), -res));
+          ended = true;
+          break;
+        }
+        fuse_session_process_buf(session, &buf);
+        ended = fuse_session_exited(session) != 0;
+      }
+      std::function<void(Status)> on_end;
+      {
+        std::lock_guard lock(mutex);
+        auto& slot = slots.at(id);
+        if (ended || slot.stop || fuse_session_exited(session) != 0) {
+          on_end = remove_locked(id);
+        } else {
+          slot.busy = false;
+          epoll_event rearm{};
+          rearm.events = EPOLLIN | EPOLLONESHOT;
+          rearm.data.u64 = id;
+          ::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, slot.fd, &rearm);
+        }
+      }
+      if (on_end) on_end(std::move(ended_with));
+    }
+    std::free(buf.mem);
+  }
+};
+
+FuseLoop::FuseLoop(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<FuseLoop>> FuseLoop::start(unsigned threads) {
+  auto impl = std::make_unique<Impl>();
+  impl->epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!impl->epoll) return std::unexpected(errno_error(errno, "epoll_create1"));
+  impl->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!impl->wake) return std::unexpected(errno_error(errno, "eventfd"));
+  epoll_event ev{};
+  ev.events = EPOLLIN;  // level-triggered: once written, every worker sees it
+  ev.data.u64 = kWakeId;
+  if (::epoll_ctl(impl->epoll.get(), EPOLL_CTL_ADD, impl->wake.get(), &ev) != 0)
+    return std::unexpected(errno_error(errno, "epoll_ctl"));
+  Impl* raw = impl.get();
+  for (unsigned i = 0; i < std::max(threads, 1U); ++i)
+    impl->workers.emplace_back([raw] { raw->work(); });
+  return std::unique_ptr<FuseLoop>(new FuseLoop(std::move(impl)));
+}
+
+FuseLoop::~FuseLoop() {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(impl_->wake.get(), &one, sizeof one);
+  for (auto& worker : impl_->workers) worker.join();
+}
+
+bool FuseLoop::end(std::uint64_t id) {
+  std::function<void(Status)> on_end;
   {
     std::lock_guard lock(impl_->mutex);
-    if (impl_->init_error) return std::unexpected(*impl_->init_error);
+    auto it = impl_->slots.find(id);
+    if (it == impl_->slots.end()) return false;
+    if (it->second.busy) {
+      it->second.stop = true;
+      return true;
+    }
+    on_end = impl_->remove_locked(id);
   }
-  if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP)
-    return std::unexpected(
-        make_error(ErrorKind::internal, "FUSE session ended with an error", rc < 0 ? -rc : EIO));
+  if (on_end) on_end({});
+  return true;
+}
+
+unsigned FuseLoop::threads() const {
+  return static_cast<unsigned>(impl_->workers.size());
+}
+
+std::size_t FuseLoop::sessions() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->slots.size();
+}
+
+Status FuseServer::serve_on(FuseLoop& loop, std::function<void(Status)> on_end) {
+  const int fd = fuse_session_fd(impl_->session);
+  // Non-blocking, so a worker that drained the device goes back to epoll.
+  if (const int flags = ::fcntl(fd, F_GETFL);
+      flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
+    return std::unexpected(errno_error(errno, "cannot make /dev/fuse non-blocking"));
+  Impl* impl = impl_.get();
+  // mount(2) has queued the kernel's INIT already: answer it on this
+  // thread, which is running anyway, rather than wake a worker for it (and
+  // this thread again once it is answered). Anything else, or nothing yet,
+  // is left to the loop.
+  {
+    fuse_buf buf{};
+    if (fuse_session_receive_buf(impl->session, &buf) > 0)
+      fuse_session_process_buf(impl->session, &buf);
+    std::free(buf.mem);
+  }
+  UB_TRY(watch(loop, fd, std::move(on_end)));
+  // A refused INIT ended the session: nothing more may come to wake the
+  // loop for it, so end it here.
+  if (fuse_session_exited(impl->session) != 0) loop.end(impl->loop_id);
   return {};
 }
 
-void FuseServer::stop() {
-  fuse_session_exit(impl_->session);
+Status FuseServer::watch(FuseLoop& loop, int fd, std::function<void(Status)> on_end) {
+  Impl* impl = impl_.get();
+  auto& li = *loop.impl_;
+  std::lock_guard lock(li.mutex);
+  const std::uint64_t id = li.next_id++;
+  FuseLoop::Impl::Slot slot;
+  slot.session = impl->session;
+  slot.fd = fd;
+  slot.on_end = [impl, on_end = std::move(on_end)](Status status) {
+    impl->release();
+    {
+      std::lock_guard init_lock(impl->mutex);
+      if (impl->init_error) status = std::unexpected(*impl->init_error);
+    }
+    on_end(std::move(status));
+  };
+  li.slots.emplace(id, std::move(slot));
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLONESHOT;
+  ev.data.u64 = id;
+  if (::epoll_ctl(li.epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    const int err = errno;
+    li.slots.erase(id);
+    return std::unexpected(errno_error(err, "cannot watch /dev/fuse"));
+  }
+  impl->loop = &loop;
+  impl->loop_id = id;
+  return {};
 }
 
 }  // namespace urunc::bootfs

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "urunc_bootfs/fuse_protocol.h"
+#include "urunc_bootfs/namespaces.h"
 
 namespace urunc::bootfs {
 namespace {
@@ -25,12 +26,24 @@ thread_local int t_open_backing_id = 0;
 
 constexpr const char* kFsType = "fuse.urunc-bootfs";
 
+// libfuse >= 3.17 negotiates passthrough and fills OPEN replies itself
+// (fs/passthrough_api.h); 3.14 needs both replies patched here.
+constexpr bool kLibfuseApi = URUNC_BOOTFS_LIBFUSE_PASSTHROUGH != 0;
+
 // A file on a read-only mount (a containerd view, a ro loop mount) cannot
 // grow or shrink; on a writable one it could, and a passthrough read would
 // then show bytes past the size promised at mount.
 bool on_readonly_mount(int fd) {
   struct statvfs st {};
   return ::fstatvfs(fd, &st) == 0 && (st.f_flag & ST_RDONLY) != 0;
+}
+
+// Does this INIT reply body ask the kernel for passthrough?
+bool reply_asks_passthrough(const iovec& body) {
+  if (body.iov_len < sizeof(proto::InitOut)) return false;
+  proto::InitOut init{};
+  std::memcpy(&init, body.iov_base, sizeof init);
+  return (init.flags & proto::kInitExt) != 0 && (init.flags2 & proto::kPassthroughFlags2) != 0;
 }
 
 std::string backing_open_hint(int err) {
@@ -81,16 +94,20 @@ Result<std::unique_ptr<FuseChannel>> FuseChannel::open(ArtifactFs& fs, Passthrou
       new FuseChannel(fs, policy, std::move(on_ready), std::move(fd)));
 }
 
-Status FuseChannel::mount(const std::string& mountpoint, const std::string& fsname) {
+Status FuseChannel::mount(const std::string& mountpoint, const std::string& fsname, int ns_fd) {
   // What libfuse's own mount passes for a root daemon; fsname becomes the
   // source and the subtype comes from the type name.
   const std::string data =
       "fd=" + std::to_string(fd_) + ",rootmode=40000,user_id=" + std::to_string(::getuid()) +
       ",group_id=" + std::to_string(::getgid()) + ",allow_other,default_permissions";
-  if (::mount(fsname.c_str(), mountpoint.c_str(), kFsType, MS_RDONLY | MS_NOSUID | MS_NODEV,
-              data.c_str()) != 0)
-    return std::unexpected(errno_error(errno, "cannot mount FUSE at " + mountpoint));
+  UB_TRY(in_mount_ns(ns_fd, [&]() -> Status {
+    if (::mount(fsname.c_str(), mountpoint.c_str(), kFsType, MS_RDONLY | MS_NOSUID | MS_NODEV,
+                data.c_str()) != 0)
+      return std::unexpected(errno_error(errno, "cannot mount FUSE at " + mountpoint));
+    return {};
+  }));
   mountpoint_ = mountpoint;
+  ns_fd_ = ns_fd;
   mounted_ = true;
   return {};
 }
@@ -102,8 +119,12 @@ void FuseChannel::unmount() {
   // unmounted us already, and the path may now hold another mount.
   pollfd pfd{fd_, 0, 0};
   if (::poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR) != 0) return;
-  if (::umount2(mountpoint_.c_str(), MNT_DETACH) != 0 && errno != EINVAL)
-    spdlog::warn("cannot unmount {}: {}", mountpoint_, std::strerror(errno));
+  auto unmounted = in_mount_ns(ns_fd_, [this]() -> Status {
+    if (::umount2(mountpoint_.c_str(), MNT_DETACH) != 0 && errno != EINVAL)
+      return std::unexpected(errno_error(errno, "cannot unmount " + mountpoint_));
+    return {};
+  });
+  if (!unmounted) spdlog::warn("{}", unmounted.error().to_string());
 }
 
 void FuseChannel::close_backing() {
@@ -144,6 +165,8 @@ ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
   proto::OutHeader out{};
   std::memcpy(&out, iov[0].iov_base, sizeof out);
 
+  // libfuse 3.14: OPEN replies get the backing id here (libfuse >= 3.17
+  // fills it from fuse_file_info::backing_id; no scope is ever open then).
   if (t_open_backing_id > 0 && out.error == 0 && iov[1].iov_len == sizeof(proto::OpenOut)) {
     proto::OpenOut open{};
     std::memcpy(&open, iov[1].iov_base, sizeof open);
@@ -157,12 +180,14 @@ ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
       init_replied_.exchange(true))
     return ::writev(fd, iov, count);
 
-  // The INIT reply: ask for passthrough when the kernel offers it.
+  // The INIT reply. With libfuse's API it already asks for passthrough or
+  // not (see what it says); on 3.14 ask here when the kernel offers it.
   std::array<char, 256> body{};
-  bool patched = false;
+  bool asked = kLibfuseApi && out.error == 0 && reply_asks_passthrough(iov[1]);
   std::array<iovec, 2> reply{iov[0], iov[1]};
-  if (policy_ != PassthroughPolicy::disabled && out.error == 0 && kernel_offers_.load() &&
-      iov[1].iov_len >= sizeof(proto::InitOut) && iov[1].iov_len <= body.size()) {
+  if (!kLibfuseApi && policy_ != PassthroughPolicy::disabled && out.error == 0 &&
+      kernel_offers_.load() && iov[1].iov_len >= sizeof(proto::InitOut) &&
+      iov[1].iov_len <= body.size()) {
     std::memcpy(body.data(), iov[1].iov_base, iov[1].iov_len);
     proto::InitOut init{};
     std::memcpy(&init, body.data(), sizeof init);
@@ -173,8 +198,14 @@ ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
       init.max_stack_depth = proto::kMaxStackDepth;
       std::memcpy(body.data(), &init, sizeof init);
       reply[1] = iovec{body.data(), iov[1].iov_len};
-      patched = true;
+      asked = true;
     }
+  }
+  if (asked && reply[1].iov_len >= sizeof(proto::InitOut)) {
+    proto::InitOut sent{};
+    std::memcpy(&sent, reply[1].iov_base, sizeof sent);
+    spdlog::debug("INIT reply asks for passthrough ({}), max_stack_depth {}",
+                  kLibfuseApi ? "by libfuse" : "patched in", sent.max_stack_depth);
   }
   const ssize_t n = ::writev(fd, reply.data(), 2);
   const int saved = errno;
@@ -182,7 +213,7 @@ ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
   // connection accepts backing files, and requests may already be arriving
   // on other threads (backing_id() holds their OPENs until we are done).
   if (n >= 0 && out.error == 0) {
-    settle_modes(patched);
+    settle_modes(asked);
   } else {
     {
       std::lock_guard lock(mutex_);
@@ -198,7 +229,7 @@ ssize_t FuseChannel::writev(int fd, const struct iovec* iov, int count) {
   return n;
 }
 
-void FuseChannel::settle_modes(bool init_patched) {
+void FuseChannel::settle_modes(bool passthrough_asked) {
   const auto& files = fs_.files();
   std::vector<int> ids(files.size(), 0);
   std::string refused;  // why the first refused file is not passed through
@@ -213,8 +244,9 @@ void FuseChannel::settle_modes(bool init_patched) {
       why =
           "the kernel does not offer FUSE passthrough (needs Linux >= 6.9, "
           "CONFIG_FUSE_PASSTHROUGH)";
-    } else if (!init_patched) {
-      why = "the INIT reply could not ask for passthrough";
+    } else if (!passthrough_asked) {
+      why = kLibfuseApi ? "libfuse did not ask for passthrough in the INIT reply"
+                        : "the INIT reply could not ask for passthrough";
     } else if (policy_ == PassthroughPolicy::automatic && !on_readonly_mount(file.fd.get())) {
       why = "the backing file is on a writable mount, so its size could change";
     } else {

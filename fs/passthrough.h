@@ -1,16 +1,20 @@
 // The /dev/fuse channel under libfuse's session, and FUSE passthrough on it.
 //
-// libfuse 3.14 has no passthrough API, but fuse_session_custom_io() lets the
-// daemon own /dev/fuse: FuseChannel opens the device and mounts it itself,
-// and libfuse's session reads requests and writes replies through
-// FuseChannel::read() and FuseChannel::writev(). On that path it
+// fuse_session_custom_io() lets the daemon own /dev/fuse: FuseChannel opens
+// the device and mounts it itself, and libfuse's session reads requests and
+// writes replies through FuseChannel::read() and FuseChannel::writev(). On
+// that path it
 //   - notes the flags of the kernel's INIT request (is FUSE_PASSTHROUGH
 //     offered?),
-//   - adds FUSE_PASSTHROUGH and max_stack_depth to the INIT reply,
+//   - on libfuse 3.14, which has no passthrough API, adds FUSE_PASSTHROUGH
+//     and max_stack_depth to the INIT reply (with libfuse >= 3.17 the INIT
+//     callback asks libfuse for it, fs/passthrough_api.h, and the channel
+//     reads the reply to see whether it did),
 //   - once the kernel took that reply, registers one backing id per
 //     artifact (FUSE_DEV_IOC_BACKING_OPEN) and records each file's mode,
-//   - sets FOPEN_PASSTHROUGH and the backing id in OPEN replies sent inside
-//     an OpenReplyScope.
+//   - on libfuse 3.14, sets FOPEN_PASSTHROUGH and the backing id in OPEN
+//     replies sent inside an OpenReplyScope (libfuse >= 3.17 does that from
+//     fuse_file_info::backing_id).
 // Files that cannot be passed through (old kernel, no CAP_SYS_ADMIN, a
 // backing filesystem the kernel refuses, or, unless passthrough is
 // required, a backing file on a writable mount whose size could change)
@@ -64,7 +68,10 @@ class FuseChannel {
 
   // mount(2) of fuse.<subtype> at `mountpoint` with source `fsname`: ro,
   // nosuid, nodev, allow_other, default_permissions.
-  [[nodiscard]] Status mount(const std::string& mountpoint, const std::string& fsname);
+  // In the mount namespace `ns_fd` (borrowed; -1 = ours), which unmount()
+  // uses too.
+  [[nodiscard]] Status mount(const std::string& mountpoint, const std::string& fsname,
+                             int ns_fd = -1);
   // Detaches the mount unless the kernel already dropped the connection
   // (umount by someone else). Idempotent.
   void unmount();
@@ -74,6 +81,9 @@ class FuseChannel {
   // The session's I/O (fuse_custom_io).
   ssize_t read(int fd, void* buf, std::size_t len);
   ssize_t writev(int fd, const struct iovec* iov, int count);
+
+  // Whether the policy lets passthrough be asked for at all.
+  [[nodiscard]] bool wants_passthrough() const { return policy_ != PassthroughPolicy::disabled; }
 
   // The backing id for an artifact (> 0), or 0 when it is served by splice.
   // Waits until the modes are settled.
@@ -95,7 +105,7 @@ class FuseChannel {
 
  private:
   FuseChannel(ArtifactFs& fs, PassthroughPolicy policy, ReadyFn on_ready, UniqueFd fd);
-  void settle_modes(bool init_patched);
+  void settle_modes(bool passthrough_asked);
 
   ArtifactFs& fs_;
   PassthroughPolicy policy_;
@@ -103,6 +113,7 @@ class FuseChannel {
   UniqueFd owned_;  // until hand_over()
   int fd_;
   std::string mountpoint_;
+  int ns_fd_ = -1;
   bool mounted_ = false;
 
   std::atomic<bool> init_seen_{false};

@@ -3,7 +3,8 @@
 # Usage: packaging/package.sh [--build-dir DIR] [--no-build] [--output DIR] [-j N]
 #   default    configure build/package (Release, Debian's hardening flags from
 #              dpkg-buildflags, no tests), build, and write
-#              build/urunc-bootfs_<version>-<rev>_<arch>.deb
+#              build/urunc-bootfs_<version>-<rev>+deb<N>_<arch>.deb, for the
+#              Debian release N it is built on (Depends from dpkg-shlibdeps)
 #   --build-dir DIR  package this build tree instead (built with its own
 #              flags; configured first if it has no CMakeCache.txt)
 #   --no-build package DIR as it is (cpack only; what the packaging test does)
@@ -23,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) do_build=0; shift ;;
     -j) jobs=$2; shift 2 ;;
     -j*) jobs=${1#-j}; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "package.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +48,7 @@ fi
 build_dir=$(cd "$build_dir" 2>/dev/null && pwd) || { echo "package.sh: no build directory $build_dir" >&2; exit 3; }
 if [[ $do_build -eq 1 ]]; then
   [[ -f $build_dir/CMakeCache.txt ]] || cmake -G Ninja -S "$root" -B "$build_dir" >/dev/null
-  cmake --build "$build_dir" -j"$jobs" --target urunc-bootfs urunc-bootfs-docs
+  cmake --build "$build_dir" -j"$jobs" --target urunc-bootfs-package-contents
 fi
 [[ -f $build_dir/CPackConfig.cmake ]] || { echo "package.sh: $build_dir is not a configured build tree" >&2; exit 3; }
 

@@ -4,23 +4,44 @@
 #   cmake --build BUILD --target package the same from any configured build
 #
 # Installed (prefix /usr):
-#   bin/urunc-bootfs
+#   bin/urunc-bootfs                       the thin client (no gRPC)
+#   sbin/urunc-bootfsd                     the host daemon and the full verbs
+#   lib/systemd/system/urunc-bootfs.{service,socket}  the daemon, socket-activated
 #   sbin/mount.fuse.urunc-bootfs -> ../bin/urunc-bootfs   mount -t fuse.urunc-bootfs
 #     (mount(8) looks in /sbin, which is /usr/sbin on Debian 12's merged /usr)
 #   share/man/man8/urunc-bootfs.8.gz (+ a link for the helper)
 #   share/bash-completion/completions/urunc-bootfs
 #   share/doc/urunc-bootfs/{copyright,changelog.Debian.gz,examples/config.json}
 #   share/lintian/overrides/urunc-bootfs
+#
+# The package is for the Debian release it is built on: dpkg-shlibdeps
+# computes Depends from the libraries linked (their names differ between
+# Debian 12 and 13, e.g. the 64-bit time_t "t64" renames), and the version
+# carries the release, 0.1.0-1+deb12 or 0.1.0-1+deb13 (so one built on 13
+# sorts above one built on 12 and upgrades it with the system).
 include(GNUInstallDirs)
+
+# The programs the package installs, each a target of this project.
+set(URUNC_BOOTFS_PACKAGE_PROGRAMS urunc-bootfs urunc-bootfsd)
 
 set(URUNC_BOOTFS_PACKAGE_MAINTAINER "urunc-bootfs maintainers <maintainers@urunc-bootfs.invalid>"
     CACHE STRING "Maintainer field of the Debian package")
 set(URUNC_BOOTFS_PACKAGE_RELEASE "1" CACHE STRING "Debian revision of the package")
+cmake_host_system_information(RESULT distro_id QUERY DISTRIB_ID)
+cmake_host_system_information(RESULT distro_version QUERY DISTRIB_VERSION_ID)
+if(distro_id STREQUAL "debian" AND distro_version MATCHES "^[0-9]+$")
+  set(default_suffix "+deb${distro_version}")
+else()
+  set(default_suffix "")  # testing, sid or another distribution: no release to name
+endif()
+set(URUNC_BOOTFS_PACKAGE_RELEASE_SUFFIX "${default_suffix}" CACHE STRING
+    "Appended to the Debian revision: the release the package is built for (+deb12, +deb13)")
 
 set(pkg_src ${CMAKE_CURRENT_LIST_DIR})
 set(pkg_out ${CMAKE_BINARY_DIR}/packaging)
 file(MAKE_DIRECTORY ${pkg_out})
-set(deb_version ${PROJECT_VERSION}-${URUNC_BOOTFS_PACKAGE_RELEASE})
+set(deb_revision ${URUNC_BOOTFS_PACKAGE_RELEASE}${URUNC_BOOTFS_PACKAGE_RELEASE_SUFFIX})
+set(deb_version ${PROJECT_VERSION}-${deb_revision})
 
 # Man page (version filled in) and changelog, gzip -9n as Debian wants.
 set(VERSION ${PROJECT_VERSION})
@@ -40,19 +61,26 @@ add_custom_command(
   COMMENT "gzip man page and changelog"
   VERBATIM)
 add_custom_target(urunc-bootfs-docs ALL DEPENDS ${pkg_out}/urunc-bootfs.8.gz ${pkg_out}/changelog.Debian.gz)
+# Everything the package holds that is built (what packaging/package.sh builds).
+add_custom_target(urunc-bootfs-package-contents DEPENDS ${URUNC_BOOTFS_PACKAGE_PROGRAMS} urunc-bootfs-docs)
 
 # Relative links, made here and installed as links.
 file(CREATE_LINK ../bin/urunc-bootfs ${pkg_out}/mount.fuse.urunc-bootfs SYMBOLIC)
 file(CREATE_LINK urunc-bootfs.8.gz ${pkg_out}/mount.fuse.urunc-bootfs.8.gz SYMBOLIC)
 
 install(TARGETS urunc-bootfs RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS urunc-bootfsd RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR})
+install(FILES ${pkg_src}/systemd/urunc-bootfs.service ${pkg_src}/systemd/urunc-bootfs.socket
+        DESTINATION lib/systemd/system)
 # A stripped install (cpack, install --strip) also loses .comment and .note,
 # as dh_strip does.
 if(CMAKE_OBJCOPY)
-  install(CODE "if(CMAKE_INSTALL_DO_STRIP)
-    execute_process(COMMAND \"${CMAKE_OBJCOPY}\" --remove-section=.comment --remove-section=.note
-      \"\$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}/urunc-bootfs\")
-  endif()")
+  foreach(program ${CMAKE_INSTALL_BINDIR}/urunc-bootfs ${CMAKE_INSTALL_SBINDIR}/urunc-bootfsd)
+    install(CODE "if(CMAKE_INSTALL_DO_STRIP)
+      execute_process(COMMAND \"${CMAKE_OBJCOPY}\" --remove-section=.comment --remove-section=.note
+        \"\$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/${program}\")
+    endif()")
+  endforeach()
 endif()
 install(FILES ${pkg_out}/mount.fuse.urunc-bootfs DESTINATION ${CMAKE_INSTALL_SBINDIR})
 install(FILES ${pkg_out}/urunc-bootfs.8.gz ${pkg_out}/mount.fuse.urunc-bootfs.8.gz
@@ -78,7 +106,7 @@ set(CPACK_INSTALL_DEFAULT_DIRECTORY_PERMISSIONS
     OWNER_READ OWNER_WRITE OWNER_EXECUTE GROUP_READ GROUP_EXECUTE WORLD_READ WORLD_EXECUTE)
 set(CPACK_DEBIAN_PACKAGE_NAME urunc-bootfs)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
-set(CPACK_DEBIAN_PACKAGE_RELEASE ${URUNC_BOOTFS_PACKAGE_RELEASE})
+set(CPACK_DEBIAN_PACKAGE_RELEASE ${deb_revision})
 set(CPACK_DEBIAN_PACKAGE_MAINTAINER ${URUNC_BOOTFS_PACKAGE_MAINTAINER})
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
@@ -97,7 +125,9 @@ urunc and other VM-based container runtimes never copy them out of the
 rootfs before booting a unikernel or a minimal Linux VM.
 .
 The package holds the urunc-bootfs command (mount, umount, status, list,
-gc, hook and config verbs), the mount helper that makes
+gc, hook and config verbs), the host daemon urunc-bootfsd that serves every
+mount from one process (socket-activated by systemd, or started by the
+first mount), the mount helper that makes
 'mount -t fuse.urunc-bootfs' work, the manual page and bash completion.
 Views on containerd's devmapper snapshotter are checked with libdevmapper.")
 include(CPack)

@@ -15,7 +15,7 @@ Usage: $PROG BUILD_DIR [REGEX]
        $PROG --help
 
 Run clang-tidy on every translation unit in BUILD_DIR/compile_commands.json
-whose path matches REGEX (default: the project's common/ fs/ snapshot/ cli/
+whose path matches REGEX (default: the project's common/ fs/ snapshot/ daemon/ cli/
 bench/ sources; tests and generated protobuf code are left out). Exits
 non-zero if clang-tidy crashes or reports a warning or an error.
 The newest clang-tidy-NN installed is used (apt-get install clang-tidy-19):
@@ -32,7 +32,7 @@ main() {
     '') usage >&2; exit 2 ;;
   esac
   local build=$1
-  local regex=${2:-"^$SOURCE_DIR/(common|fs|snapshot|cli|bench)/.*\\.cpp\$"}
+  local regex=${2:-"^$SOURCE_DIR/(common|fs|snapshot|daemon|cli|bench)/.*\\.cpp\$"}
   [[ -f $build/compile_commands.json ]] ||
     { printf '%s: %s/compile_commands.json not found (configure with CMake first)\n' "$PROG" "$build" >&2; exit 1; }
   # Newest versioned clang-tidy first, then the unversioned one.

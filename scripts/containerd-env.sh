@@ -14,7 +14,16 @@
 #   DIR/containerd.sock.ttrpc, DIR/debug.sock
 #   DIR/containerd.log       daemon stdout+stderr
 #   DIR/containerd.pid       daemon PID
+#   DIR/binaries             the containerd and ctr it runs (restart reuses them)
 #   DIR/btrfs.img, DIR/btrfs (with --btrfs) 512 MiB btrfs loop file + mount
+#   DIR/blockfile-scratch.ext4 (with --blockfile) the blockfile snapshotter's
+#                            scratch image: 128 MiB sparse, ext4
+#
+# The containerd binary is $CONTAINERD_BIN (default /usr/bin/containerd) and
+# ctr is $CTR_BIN: the test tiers run the same script against Debian 12's
+# 1.6.20 and against the 1.7 and 2.x releases that scripts/fetch-containerd.sh
+# caches. The config is version 2, which 1.7 reads as is and 2.x migrates in
+# memory (it logs a warning saying so).
 #
 # Snapshotters seen loading with containerd 1.6.20 (Debian 12, kernel 6.18),
 # from `ctr --address DIR/containerd.sock plugins ls`:
@@ -26,6 +35,11 @@
 #                                           btrfs filesystem to be used with
 #                                           the btrfs snapshotter")
 #   aufs, zfs, devmapper                    disabled here (disabled_plugins)
+# and with 1.7.24 (trixie) / 2.1.9 (sid) also:
+#   io.containerd.snapshotter.v1.blockfile  ok only with --blockfile (scratch_file)
+#   io.containerd.snapshotter.v1.erofs      ok (2.x only)
+#   io.containerd.differ.v1.erofs           ok only when mkfs.erofs is on PATH
+#                                           (--erofs MKFS puts its directory there)
 # Without the disabled_plugins list, devmapper reports an error ("devmapper
 # not configured") and aufs/zfs are skipped: the list keeps the log quiet.
 
@@ -36,18 +50,23 @@ readonly PROG=${0##*/}
 readonly START_TIMEOUT=${CONTAINERD_ENV_START_TIMEOUT:-20}
 # Seconds to wait after SIGTERM before sending SIGKILL, and after SIGKILL.
 readonly STOP_TIMEOUT=${CONTAINERD_ENV_STOP_TIMEOUT:-10}
-readonly CONTAINERD_BIN=${CONTAINERD_BIN:-/usr/bin/containerd}
-readonly CTR_BIN=${CTR_BIN:-ctr}
+# Empty: the ones DIR was first started with (DIR/binaries), else Debian's.
+CONTAINERD_BIN=${CONTAINERD_BIN:-}
+CTR_BIN=${CTR_BIN:-}
 readonly BTRFS_SIZE_MIB=512
+readonly BLOCKFILE_SIZE_MIB=128
+# CRI plugins of 1.6/1.7 and their 2.x successors: none is wanted here (they
+# would look for CNI and start a sandbox controller).
+readonly DISABLED_PLUGINS='"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"'
 
 usage() {
   cat <<EOF
-Usage: $PROG start [--btrfs] [--owner PID] DIR
+Usage: $PROG start [--btrfs] [--blockfile] [--erofs MKFS] [--owner PID] DIR
        $PROG stop DIR
        $PROG restart DIR
        $PROG --help
 
-start DIR     Write DIR/config.toml, start $CONTAINERD_BIN with it in the
+start DIR     Write DIR/config.toml, start containerd with it in the
               background (log: DIR/containerd.log, PID: DIR/containerd.pid),
               wait up to ${START_TIMEOUT}s for 'ctr --address DIR/containerd.sock
               version' to answer, and print the socket path on stdout.
@@ -56,6 +75,14 @@ start DIR     Write DIR/config.toml, start $CONTAINERD_BIN with it in the
               with mkfs.btrfs, mount it at DIR/btrfs and point the btrfs
               snapshotter's root_path there. (If DIR/btrfs is already a
               mounted btrfs, it is configured without --btrfs too.)
+  --blockfile Also create DIR/blockfile-scratch.ext4 (${BLOCKFILE_SIZE_MIB} MiB, sparse,
+              mkfs.ext4) and configure the blockfile snapshotter (1.7 and
+              later) with it: scratch_file, fs_type "ext4".
+  --erofs MKFS
+              Configure the erofs snapshotter and differ (2.1 and later):
+              the directory of MKFS (a mkfs.erofs, 1.8 or later) goes first
+              on containerd's PATH and the diff service tries the erofs
+              differ first (default = ["erofs", "walking"]).
   --owner PID Also start a small watcher that runs 'stop DIR' once PID has
               exited (checked every second) while DIR still exists: a test
               process that dies without running its cleanup (a sanitizer
@@ -163,8 +190,16 @@ setup_btrfs() {
   mount -t btrfs -o loop -- "$dir/btrfs.img" "$dir/btrfs"
 }
 
+setup_blockfile() {
+  local dir=$1 img=$1/blockfile-scratch.ext4
+  command -v mkfs.ext4 >/dev/null || die "--blockfile: mkfs.ext4 not found (apt-get install e2fsprogs)"
+  [[ -s $img ]] && return 0
+  truncate -s "${BLOCKFILE_SIZE_MIB}M" -- "$img"
+  mkfs.ext4 -q -F -- "$img" >/dev/null
+}
+
 write_config() {
-  local dir=$1 btrfs_root=$2
+  local dir=$1 btrfs_root=$2 blockfile=$3 erofs=$4
   # Quoted as TOML basic strings; paths from realpath contain no '"' or '\'
   # in practice, but refuse them rather than write a broken config.
   [[ $dir != *[\"\\]* ]] || die "DIR must not contain '\"' or '\\': $dir"
@@ -173,7 +208,7 @@ write_config() {
     printf 'version = 2\n'
     printf 'root = "%s/root"\n' "$dir"
     printf 'state = "%s/state"\n' "$dir"
-    printf 'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]\n'
+    printf 'disabled_plugins = [%s]\n' "$DISABLED_PLUGINS"
     printf '\n[grpc]\n  address = "%s/containerd.sock"\n' "$dir"
     printf '\n[ttrpc]\n  address = "%s/containerd.sock.ttrpc"\n' "$dir"
     printf '\n[debug]\n  address = "%s/debug.sock"\n' "$dir"
@@ -181,6 +216,14 @@ write_config() {
     printf '  [plugins."io.containerd.internal.v1.opt"]\n    path = "%s/opt"\n' "$dir"
     if [[ -n $btrfs_root ]]; then
       printf '  [plugins."io.containerd.snapshotter.v1.btrfs"]\n    root_path = "%s"\n' "$btrfs_root"
+    fi
+    if ((blockfile)); then
+      printf '  [plugins."io.containerd.snapshotter.v1.blockfile"]\n'
+      printf '    scratch_file = "%s/blockfile-scratch.ext4"\n    fs_type = "ext4"\n' "$dir"
+      printf '    mount_options = []\n    recreate_scratch = false\n'
+    fi
+    if ((erofs)); then
+      printf '  [plugins."io.containerd.service.v1.diff-service"]\n    default = ["erofs", "walking"]\n'
     fi
   } >"$dir/config.toml"
 }
@@ -201,10 +244,16 @@ start_watcher() {
 }
 
 cmd_start() {
-  local btrfs=0 dir="" owner=""
+  local btrfs=0 blockfile=0 erofs=0 mkfs_erofs="" dir="" owner=""
   while (($#)); do
     case $1 in
       --btrfs) btrfs=1 ;;
+      --blockfile) blockfile=1 ;;
+      --erofs)
+        [[ -n ${2:-} ]] || { usage >&2; exit 2; }
+        erofs=1 mkfs_erofs=$2
+        shift
+        ;;
       --owner)
         [[ ${2:-} =~ ^[0-9]+$ ]] || { usage >&2; exit 2; }
         owner=$2
@@ -224,6 +273,13 @@ cmd_start() {
   [[ -n $dir ]] || { usage >&2; exit 2; }
   dir=$(abspath "$dir")
 
+  # A restart (or a start of a kept DIR) runs the release DIR was made with:
+  # its state is that release's.
+  if [[ -z $CONTAINERD_BIN && -s $dir/binaries ]]; then
+    { read -r CONTAINERD_BIN; read -r CTR_BIN; } <"$dir/binaries"
+  fi
+  CONTAINERD_BIN=${CONTAINERD_BIN:-/usr/bin/containerd}
+  CTR_BIN=${CTR_BIN:-ctr}
   [[ -x $CONTAINERD_BIN ]] || die "containerd not found at $CONTAINERD_BIN"
   command -v "$CTR_BIN" >/dev/null || die "ctr not found"
   # sun_path holds 107 bytes plus NUL.
@@ -240,6 +296,7 @@ cmd_start() {
 
   mkdir -p -- "$dir" "$dir/root" "$dir/state" "$dir/opt"
   chmod 0711 -- "$dir"
+  printf '%s\n%s\n' "$CONTAINERD_BIN" "$CTR_BIN" >"$dir/binaries"
 
   local btrfs_root=""
   if ((btrfs)); then
@@ -248,7 +305,19 @@ cmd_start() {
   if [[ -d $dir/btrfs ]] && is_btrfs_mount "$dir/btrfs"; then
     btrfs_root=$dir/btrfs
   fi
-  write_config "$dir" "$btrfs_root"
+  # restart passes no flags: a scratch image already there means blockfile.
+  ((blockfile)) && setup_blockfile "$dir"
+  [[ -s $dir/blockfile-scratch.ext4 ]] && blockfile=1
+  if ((erofs)); then
+    [[ -x $mkfs_erofs ]] || die "--erofs: $mkfs_erofs is not an executable mkfs.erofs"
+    printf '%s\n' "$(cd "$(dirname "$mkfs_erofs")" && pwd)" >"$dir/erofs-path"
+  fi
+  local path_prefix=""
+  if [[ -s $dir/erofs-path ]]; then
+    erofs=1
+    path_prefix=$(<"$dir/erofs-path"):
+  fi
+  write_config "$dir" "$btrfs_root" "$blockfile" "$erofs"
   rm -f -- "$sock" "$sock.ttrpc" "$dir/debug.sock"
 
   # Own session (no controlling terminal, not in the caller's process group),
@@ -256,7 +325,8 @@ cmd_start() {
   # daemon. Without job control (non-interactive script) the background
   # child is not a process-group leader, so setsid(1) execs containerd in
   # place and $! is containerd's own PID (checked below).
-  setsid "$CONTAINERD_BIN" --config "$dir/config.toml" \
+  # The binary's own directory first: containerd finds its shims on PATH.
+  PATH=$(dirname -- "$(realpath -- "$CONTAINERD_BIN")"):$path_prefix$PATH setsid "$CONTAINERD_BIN" --config "$dir/config.toml" \
     </dev/null >>"$dir/containerd.log" 2>&1 &
   local pid=$!
   printf '%s\n' "$pid" >"$dir/containerd.pid"

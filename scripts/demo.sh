@@ -47,9 +47,20 @@ ms_since() { local a=${1//[.,]/} b=${EPOCHREALTIME//[.,]/}; printf '%d' $(((10#$
 # ----------------------------------------------------------------- cleanup
 
 work="" ctrd="" tmpfs_mounted=0
+# The host daemon the first mount started for this state directory: SIGTERM
+# (it ends its mounts and releases their views), by its pid.
+stop_daemon() {
+  local pidfile=$work/state/daemon.pid pid
+  [[ -n $work && -s $pidfile ]] || return 0
+  pid=$(<"$pidfile")
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_daemon
   if [[ -n $ctrd && -d $ctrd ]]; then
     scripts/containerd-env.sh stop "$ctrd" >/dev/null 2>&1 ||
       printf 'demo.sh: warning: containerd-env.sh stop %s reported a problem\n' "$ctrd" >&2
@@ -222,6 +233,9 @@ sed -n '/^source:/p; /^view:/p; /^paths from:/p; /^artifacts:/,$p' "$meas/status
 
 section "Cleanup"
 row "teardown" "binds, urunc-bootfs mount, view and lease: gone (checked by urunc-flow.sh)"
+daemon_pid=$(cat "$work/state/daemon.pid" 2>/dev/null || true)
+stop_daemon
+row "daemon" "urunc-bootfsd ${daemon_pid:+PID $daemon_pid }stopped (SIGTERM)"
 pid=$(<"$ctrd/containerd.pid")
 scripts/containerd-env.sh stop "$ctrd" || fail "containerd-env.sh stop failed"
 ctrd=""

@@ -5,8 +5,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
 
+#include "events/container.pb.h"
 #include "services/containers/v1/containers.grpc.pb.h"
+#include "services/events/v1/events.grpc.pb.h"
 #include "services/leases/v1/leases.grpc.pb.h"
 #include "services/namespaces/v1/namespace.grpc.pb.h"
 #include "services/snapshots/v1/snapshots.grpc.pb.h"
@@ -15,6 +21,7 @@
 namespace urunc::bootfs::snapshot {
 
 namespace pb_containers = containerd::services::containers::v1;
+namespace pb_events = containerd::services::events::v1;
 namespace pb_leases = containerd::services::leases::v1;
 namespace pb_namespaces = containerd::services::namespaces::v1;
 namespace pb_snapshots = containerd::services::snapshots::v1;
@@ -23,6 +30,7 @@ struct Client::Connection {
   std::string address;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb_containers::Containers::Stub> containers;
+  std::unique_ptr<pb_events::Events::Stub> events;
   std::unique_ptr<pb_leases::Leases::Stub> leases;
   std::unique_ptr<pb_namespaces::Namespaces::Stub> namespaces;
   std::unique_ptr<pb_snapshots::Snapshots::Stub> snapshots;
@@ -56,6 +64,15 @@ Labels to_labels(const google::protobuf::Map<std::string, std::string>& map) {
 
 void fill_labels(const Labels& labels, google::protobuf::Map<std::string, std::string>* map) {
   for (const auto& [key, value] : labels) (*map)[key] = value;
+}
+
+ContainerInfo to_container_info(const pb_containers::Container& pb) {
+  return ContainerInfo{.id = pb.id(),
+                       .image = pb.image(),
+                       .runtime = pb.runtime().name(),
+                       .snapshotter = pb.snapshotter(),
+                       .snapshot_key = pb.snapshot_key(),
+                       .labels = to_labels(pb.labels())};
 }
 
 Mount to_mount(const containerd::types::Mount& pb) {
@@ -115,6 +132,11 @@ std::string grpc_target(std::string_view address) {
   return std::string(kUnixScheme) + std::string(address);
 }
 
+bool Client::broken() const {
+  const auto state = connection_->channel->GetState(false);
+  return state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN;
+}
+
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   if (options.address.empty()) {
     return std::unexpected(make_error(ErrorKind::usage, "no containerd address given"));
@@ -142,6 +164,12 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // A long-lived channel (the host daemon keeps one per address) must find
+  // a restarted containerd quickly, not after gRPC's default backoff of up
+  // to two minutes.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   auto connection = std::make_shared<Connection>();
   connection->address = options.address;
   connection->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
@@ -151,6 +179,7 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
                                     std::to_string(options.timeout.count()) + " ms"));
   }
   connection->containers = pb_containers::Containers::NewStub(connection->channel);
+  connection->events = pb_events::Events::NewStub(connection->channel);
   connection->leases = pb_leases::Leases::NewStub(connection->channel);
   connection->namespaces = pb_namespaces::Namespaces::NewStub(connection->channel);
   connection->snapshots = pb_snapshots::Snapshots::NewStub(connection->channel);
@@ -218,13 +247,24 @@ Result<ContainerInfo> Client::get_container(std::string_view id) {
   pb_containers::GetContainerResponse response;
   const auto status = connection_->containers->Get(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
-  const auto& pb = response.container();
-  return ContainerInfo{.id = pb.id(),
-                       .image = pb.image(),
-                       .runtime = pb.runtime().name(),
-                       .snapshotter = pb.snapshotter(),
-                       .snapshot_key = pb.snapshot_key(),
-                       .labels = to_labels(pb.labels())};
+  return to_container_info(response.container());
+}
+
+Result<std::vector<ContainerInfo>> Client::list_containers(
+    const std::vector<std::string>& filters) {
+  const std::string what = "containers" + in_ns(ns_);
+  UB_TRY(need_namespace(ns_, what));
+  grpc::ClientContext context;
+  prepare(context, timeout_, ns_);
+  pb_containers::ListContainersRequest request;
+  for (const auto& f : filters) request.add_filters(f);
+  pb_containers::ListContainersResponse response;
+  const auto status = connection_->containers->List(&context, request, &response);
+  if (!status.ok()) return std::unexpected(status_error(status, what));
+  std::vector<ContainerInfo> out;
+  out.reserve(static_cast<std::size_t>(response.containers_size()));
+  for (const auto& pb : response.containers()) out.push_back(to_container_info(pb));
+  return out;
 }
 
 Result<SnapshotInfo> Client::stat(std::string_view snapshotter, std::string_view key) {
@@ -239,6 +279,63 @@ Result<SnapshotInfo> Client::stat(std::string_view snapshotter, std::string_view
   const auto status = connection_->snapshots->Stat(&context, request, &response);
   if (!status.ok()) return std::unexpected(status_error(status, what));
   return to_info(response.info());
+}
+
+struct Client::PendingStat::Call {
+  std::string what;
+  grpc::ClientContext context;
+  pb_snapshots::StatSnapshotRequest request;
+  pb_snapshots::StatSnapshotResponse response;
+  std::mutex mutex;
+  std::condition_variable answered;
+  bool done = false;
+  grpc::Status status;
+  std::optional<Error> refused;  // not sent (no namespace)
+
+  void wait() {
+    std::unique_lock lock(mutex);
+    answered.wait(lock, [this] { return done; });
+  }
+};
+
+Client::PendingStat::PendingStat(std::unique_ptr<Call> call) : call_(std::move(call)) {}
+Client::PendingStat::PendingStat(PendingStat&&) noexcept = default;
+
+Client::PendingStat::~PendingStat() {
+  if (!call_) return;
+  // gRPC writes into the call until its callback ran.
+  call_->context.TryCancel();
+  call_->wait();
+}
+
+Result<SnapshotInfo> Client::PendingStat::get() {
+  const std::unique_ptr<Call> call = std::move(call_);
+  call->wait();
+  if (call->refused) return std::unexpected(std::move(*call->refused));
+  if (!call->status.ok()) return std::unexpected(status_error(call->status, call->what));
+  return to_info(call->response.info());
+}
+
+Client::PendingStat Client::start_stat(std::string_view snapshotter, std::string_view key) {
+  auto call = std::make_unique<PendingStat::Call>();
+  call->what = snapshot_what(ns_, snapshotter, key);
+  if (auto ok = need_namespace(ns_, call->what); !ok) {
+    call->refused = std::move(ok).error();
+    call->done = true;
+    return PendingStat(std::move(call));
+  }
+  prepare(call->context, timeout_, ns_);
+  call->request.set_snapshotter(std::string(snapshotter));
+  call->request.set_key(std::string(key));
+  PendingStat::Call* raw = call.get();
+  connection_->snapshots->async()->Stat(&raw->context, &raw->request, &raw->response,
+                                        [raw](const grpc::Status& status) {
+                                          std::lock_guard lock(raw->mutex);
+                                          raw->status = status;
+                                          raw->done = true;
+                                          raw->answered.notify_all();
+                                        });
+  return PendingStat(std::move(call));
 }
 
 Result<std::vector<Mount>> Client::view(std::string_view snapshotter, std::string_view key,
@@ -365,6 +462,110 @@ Result<std::vector<std::string>> Client::list_namespaces() {
   names.reserve(static_cast<size_t>(response.namespaces_size()));
   for (const auto& ns : response.namespaces()) names.push_back(ns.name());
   return names;
+}
+
+// ------------------------------------------------------------ events
+
+struct EventWatch::State {
+  std::shared_ptr<Client::Connection> connection;
+  Client::WatchCallbacks callbacks;
+  std::mutex mutex;
+  std::condition_variable cv;
+  grpc::ClientContext* open = nullptr;  // the stream being read
+  bool stopping = false;
+  std::thread thread;
+
+  void run();
+  // Waits `pause` unless dropped meanwhile; false once dropped.
+  bool pause(std::chrono::milliseconds pause) {
+    std::unique_lock lock(mutex);
+    return !cv.wait_for(lock, pause, [&] { return stopping; });
+  }
+};
+
+namespace {
+
+std::optional<ContainerEvent> container_event(const pb_events::Envelope& envelope) {
+  ContainerEvent event;
+  event.ns = envelope.namespace_();
+  const std::string& bytes = envelope.event().value();
+  if (envelope.topic() == "/containers/create") {
+    containerd::events::ContainerCreate pb;
+    if (!pb.ParseFromString(bytes)) return std::nullopt;
+    event.kind = ContainerEvent::Kind::created;
+    event.id = pb.id();
+    event.runtime = pb.runtime().name();
+  } else if (envelope.topic() == "/containers/update") {
+    containerd::events::ContainerUpdate pb;
+    if (!pb.ParseFromString(bytes)) return std::nullopt;
+    event.kind = ContainerEvent::Kind::updated;
+    event.id = pb.id();
+  } else if (envelope.topic() == "/containers/delete") {
+    containerd::events::ContainerDelete pb;
+    if (!pb.ParseFromString(bytes)) return std::nullopt;
+    event.kind = ContainerEvent::Kind::deleted;
+    event.id = pb.id();
+  } else {
+    return std::nullopt;
+  }
+  return event;
+}
+
+}  // namespace
+
+void EventWatch::State::run() {
+  pb_events::SubscribeRequest request;
+  for (const char* topic : {"/containers/create", "/containers/update", "/containers/delete"})
+    request.add_filters(std::string("topic==\"") + topic + "\"");
+  while (true) {
+    grpc::ClientContext context;
+    // No deadline: the stream lasts as long as the watch. Wait-for-ready:
+    // while containerd is away the call waits for it instead of failing.
+    context.set_wait_for_ready(true);
+    {
+      std::lock_guard lock(mutex);
+      if (stopping) return;
+      open = &context;
+    }
+    auto reader = connection->events->Subscribe(&context, request);
+    callbacks.on_subscribed();
+    pb_events::Envelope envelope;
+    while (reader->Read(&envelope))
+      if (auto event = container_event(envelope)) callbacks.on_event(*event);
+    const grpc::Status status = reader->Finish();
+    {
+      std::lock_guard lock(mutex);
+      open = nullptr;
+      if (stopping) return;
+    }
+    callbacks.on_gap();
+    // A refusal that is not containerd's absence must not spin.
+    if (!pause(std::chrono::milliseconds(
+            status.error_code() == grpc::StatusCode::UNAVAILABLE ? 10 : 1000)))
+      return;
+  }
+}
+
+EventWatch::EventWatch(std::unique_ptr<State> state) : state_(std::move(state)) {
+  State* s = state_.get();
+  state_->thread = std::thread([s] { s->run(); });
+}
+
+EventWatch::~EventWatch() {
+  {
+    std::lock_guard lock(state_->mutex);
+    state_->stopping = true;
+    if (state_->open != nullptr) state_->open->TryCancel();
+  }
+  state_->cv.notify_all();
+  state_->thread.join();
+}
+
+std::unique_ptr<EventWatch> Client::watch_containers(WatchCallbacks callbacks) const {
+  auto state = std::make_unique<EventWatch::State>();
+  state->connection = connection_;
+  state->callbacks = std::move(callbacks);
+  return std::make_unique<EventWatch>(std::move(state));
 }
 
 }  // namespace urunc::bootfs::snapshot

@@ -6,6 +6,12 @@
 #include <span>
 #include <string_view>
 
+// Binds `name` to the value of a Result, or returns its error.
+#define UB_TRY_ASSIGN(name, expr)                                                 \
+  auto name##_result_ = (expr);                                                   \
+  if (!name##_result_) return std::unexpected(std::move(name##_result_).error()); \
+  auto& name = *name##_result_
+
 namespace urunc::bootfs::snapshot {
 namespace {
 
@@ -42,13 +48,16 @@ constexpr std::array kExt4Flags = {"noload"sv, "norecovery"sv, "user_xattr"sv, "
 constexpr std::array kXfsFlags = {"nouuid"sv, "norecovery"sv};
 constexpr std::array kBtrfsKeyed = {"subvolid"sv, "subvol"sv};
 constexpr std::array kErofsFlags = {"user_xattr"sv, "acl"sv, "noacl"sv};
+// device=: an extra blob of a multi-device erofs image (absolute path);
+// fsid/domain_id only name an fscache domain.
+constexpr std::array kErofsKeyed = {"device"sv, "fsid"sv, "domain_id"sv};
 constexpr std::array<std::string_view, 0> kNone = {};
 
 constexpr std::array kBlockFilesystems = {
     BlockFs{.type = "ext4", .flags = kExt4Flags, .keyed = kNone},
     BlockFs{.type = "xfs", .flags = kXfsFlags, .keyed = kNone},
     BlockFs{.type = "btrfs", .flags = kNone, .keyed = kBtrfsKeyed},
-    BlockFs{.type = "erofs", .flags = kErofsFlags, .keyed = kNone},
+    BlockFs{.type = "erofs", .flags = kErofsFlags, .keyed = kErofsKeyed},
     BlockFs{.type = "squashfs", .flags = kNone, .keyed = kNone},
 };
 
@@ -182,6 +191,7 @@ Result<MountPlan> plan_block(const Mount& mount, const BlockFs& fs) {
         return std::unexpected(
             make_error(ErrorKind::invalid, "option " + quoted(option) + " has no value"));
       }
+      if (key == "device") UB_TRY(require_absolute("erofs device", *value));
       if (key == "subvolid" &&
           !std::ranges::all_of(*value, [](char c) { return c >= '0' && c <= '9'; })) {
         return std::unexpected(make_error(
@@ -197,7 +207,157 @@ Result<MountPlan> plan_block(const Mount& mount, const BlockFs& fs) {
   return plan;
 }
 
+constexpr std::array kTransformers = {"format"sv, "mkdir"sv, "mkfs"sv};
+constexpr std::string_view kXContainerd = "X-containerd.";
+constexpr std::string_view kMkdirPath = "X-containerd.mkdir.path=";
+
+Result<std::size_t> template_index(std::string_view word, std::string_view whole,
+                                   const std::vector<ActiveMount>& previous) {
+  std::size_t index = 0;
+  if (word.empty() || word.size() > 6 ||
+      !std::ranges::all_of(word, [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::unexpected(make_error(ErrorKind::invalid, "template " + quoted(whole) + ": " +
+                                                              quoted(word) + " is not an index"));
+  }
+  for (char c : word) index = index * 10 + static_cast<std::size_t>(c - '0');
+  if (index >= previous.size()) {
+    return std::unexpected(
+        make_error(ErrorKind::invalid, "template " + quoted(whole) + " refers to mount " +
+                                           std::to_string(index) + ", but only " +
+                                           std::to_string(previous.size()) + " come before it"));
+  }
+  return index;
+}
+
+Result<std::string> mount_point_of(std::size_t index, std::string_view whole,
+                                   const std::vector<ActiveMount>& previous) {
+  const auto& point = previous[index].mount_point;
+  if (point.empty()) {
+    return std::unexpected(make_error(
+        ErrorKind::invalid, "template " + quoted(whole) + ": mount " + std::to_string(index) +
+                                " has no mount point (a loop device)"));
+  }
+  return point;
+}
+
+// One "{{ ... }}" action, without the braces.
+Result<std::string> expand_action(std::string_view action,
+                                  const std::vector<ActiveMount>& previous) {
+  const std::string whole = "{{" + std::string(action) + "}}";
+  std::vector<std::string_view> words;
+  std::size_t i = 0;
+  while (i < action.size()) {
+    while (i < action.size() && action[i] == ' ') ++i;
+    const std::size_t start = i;
+    while (i < action.size() && action[i] != ' ') ++i;
+    if (i > start) words.push_back(action.substr(start, i - start));
+  }
+  if (words.size() == 2 && (words[0] == "source" || words[0] == "target" || words[0] == "mount")) {
+    UB_TRY_ASSIGN(index, template_index(words[1], whole, previous));
+    if (words[0] == "source") return previous[index].source;
+    if (words[0] == "target") return previous[index].target;
+    return mount_point_of(index, whole, previous);
+  }
+  if (words.size() == 3 && words[0] == "overlay") {
+    UB_TRY_ASSIGN(first, template_index(words[1], whole, previous));
+    UB_TRY_ASSIGN(last, template_index(words[2], whole, previous));
+    std::string out;
+    for (std::size_t k = first;; k = first <= last ? k + 1 : k - 1) {
+      UB_TRY_ASSIGN(point, mount_point_of(k, whole, previous));
+      if (!out.empty()) out += ':';
+      out += point;
+      if (k == last) break;
+    }
+    return out;
+  }
+  return std::unexpected(make_error(ErrorKind::invalid, "unsupported template " + quoted(whole)));
+}
+
 }  // namespace
+
+Result<MountForm> split_mount_type(std::string_view type) {
+  MountForm form;
+  std::string_view rest = type;
+  while (true) {
+    const auto slash = rest.find('/');
+    if (slash == std::string_view::npos) break;
+    const std::string_view prefix = rest.substr(0, slash);
+    if (!contains(kTransformers, prefix)) {
+      return std::unexpected(make_error(ErrorKind::invalid, "unsupported mount transformer " +
+                                                                quoted(std::string(prefix) + "/") +
+                                                                " in mount type " + quoted(type)));
+    }
+    form.transformers.emplace_back(prefix);
+    rest.remove_prefix(slash + 1);
+  }
+  form.type = std::string(rest);
+  return form;
+}
+
+Result<std::string> expand_templates(std::string_view text,
+                                     const std::vector<ActiveMount>& previous) {
+  std::string out;
+  while (true) {
+    const auto open = text.find("{{");
+    if (open == std::string_view::npos) break;
+    const auto close = text.find("}}", open + 2);
+    if (close == std::string_view::npos) {
+      return std::unexpected(
+          make_error(ErrorKind::invalid, "unterminated template in " + quoted(text)));
+    }
+    out += text.substr(0, open);
+    UB_TRY_ASSIGN(value, expand_action(text.substr(open + 2, close - open - 2), previous));
+    out += value;
+    text.remove_prefix(close + 2);
+  }
+  if (text.find("}}") != std::string_view::npos) {
+    return std::unexpected(make_error(ErrorKind::invalid, "stray \"}}\" in " + quoted(text)));
+  }
+  out += text;
+  return out;
+}
+
+Result<Mount> transform_mount(const Mount& mount, const std::vector<ActiveMount>& previous) {
+  UB_TRY_ASSIGN(form, split_mount_type(mount.type));
+  const auto has = [&](std::string_view t) { return contains(form.transformers, t); };
+  if (has("mkfs")) {
+    return std::unexpected(make_error(ErrorKind::invalid,
+                                      "mount type " + quoted(mount.type) +
+                                          ": mkfs/ creates and formats a filesystem image, which a "
+                                          "read-only view never needs"));
+  }
+  Mount out;
+  out.type = form.type;
+  out.source = mount.source;
+  out.target = mount.target;
+  if (has("format")) {
+    UB_TRY_ASSIGN(source, expand_templates(mount.source, previous));
+    UB_TRY_ASSIGN(target, expand_templates(mount.target, previous));
+    out.source = std::move(source);
+    out.target = std::move(target);
+  }
+  for (const auto& option : mount.options) {
+    std::string value = option;
+    if (has("format")) {
+      UB_TRY_ASSIGN(expanded, expand_templates(option, previous));
+      value = std::move(expanded);
+    }
+    if (std::string_view(value).starts_with(kMkdirPath) && has("mkdir")) {
+      // <dir>[:<mode>[:<uid>:<gid>]]: checked, never created (the view is
+      // read-only and urunc-bootfs writes nothing).
+      const std::string_view spec = std::string_view(value).substr(kMkdirPath.size());
+      UB_TRY(require_absolute("X-containerd.mkdir.path", spec.substr(0, spec.find(':'))));
+      continue;
+    }
+    if (std::string_view(value).starts_with(kXContainerd)) {
+      return std::unexpected(make_error(
+          ErrorKind::invalid,
+          "unsupported option " + quoted(option) + " for mount type " + quoted(mount.type)));
+    }
+    out.options.push_back(std::move(value));
+  }
+  return out;
+}
 
 const char* form_name(MountPlan::Form form) {
   switch (form) {

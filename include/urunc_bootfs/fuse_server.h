@@ -12,6 +12,7 @@
 // policy and the kernel allow, and ArtifactFs::mode() says which.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -31,15 +32,19 @@ enum class PassthroughPolicy {
 struct FuseOptions {
   std::string mountpoint;
   std::string fsname = "urunc-bootfs";
-  unsigned max_threads = 4;
   bool debug = false;
   PassthroughPolicy passthrough = PassthroughPolicy::automatic;
-  // Called once, from a session thread, when the kernel has taken the INIT
+  // The mount namespace to mount in (and unmount from): an fd on
+  // /proc/<pid>/ns/mnt, borrowed for the server's lifetime; -1 = ours.
+  int mount_ns_fd = -1;
+  // Called once, from a loop thread, when the kernel has taken the INIT
   // reply and every file's read mode is settled: from then on the
-  // filesystem answers. Not called when the policy cannot be met; run()
-  // then returns that error.
+  // filesystem answers. Not called when the policy cannot be met; the
+  // session then ends with that error (serve_on's on_end).
   std::function<void()> on_init;
 };
+
+class FuseLoop;
 
 class FuseServer {
  public:
@@ -50,19 +55,60 @@ class FuseServer {
   FuseServer(const FuseServer&) = delete;
   FuseServer& operator=(const FuseServer&) = delete;
 
-  // Serves until the filesystem is unmounted or SIGTERM/SIGINT/SIGHUP
-  // arrives, then closes the backing ids and unmounts (lazily, so a busy
-  // mount still goes). Fails with the reason when passthrough was required
-  // but not accepted.
-  Status run();
-  // Asks run() to return. Safe from any thread.
+  // Ends the session on its loop (FuseLoop::end). Safe from any thread.
   void stop();
+
+  // Serves the session on `loop`'s shared threads, after answering on the
+  // calling thread the INIT that mount(2) queued (so a mount is ready when
+  // this returns, without a wake-up of a worker). When the session ends
+  // (unmounted, connection aborted, INIT refused, FuseLoop::end()),
+  // `on_end` is called once (from a loop thread, or from this call when INIT
+  // was refused), after which the loop never touches this server again; the
+  // server may then be destroyed (from any thread but that call). Fails if
+  // the fd cannot be watched.
+  [[nodiscard]] Status serve_on(FuseLoop& loop, std::function<void(Status)> on_end);
+  // The id of this server on its loop (0 before serve_on()).
+  [[nodiscard]] std::uint64_t loop_id() const;
+  // Closes the backing ids and unmounts (lazily, in the mount's namespace),
+  // as the end of the session does. Idempotent.
+  void release();
 
   struct Impl;
 
  private:
   explicit FuseServer(std::unique_ptr<Impl> impl);
+  [[nodiscard]] Status watch(FuseLoop& loop, int fd, std::function<void(Status)> on_end);
   std::unique_ptr<Impl> impl_;
+};
+
+// Many FUSE sessions, few threads: a fixed pool of workers waits on one
+// epoll set holding every session's /dev/fuse fd (EPOLLONESHOT, so one
+// session is served by one worker at a time and its requests stay in
+// order), reads a batch of requests with fuse_session_receive_buf(),
+// hands each to fuse_session_process_buf() and re-arms the fd. The thread
+// count does not grow with the number of mounts.
+class FuseLoop {
+ public:
+  [[nodiscard]] static Result<std::unique_ptr<FuseLoop>> start(unsigned threads);
+  // Stops the workers. Sessions still on the loop are not ended (their
+  // owners end and destroy them first).
+  ~FuseLoop();
+  FuseLoop(const FuseLoop&) = delete;
+  FuseLoop& operator=(const FuseLoop&) = delete;
+
+  // Ends the session `id` (FuseServer::loop_id()) from any thread: at once
+  // if no worker holds it, else when its worker finishes the batch. Its
+  // on_end runs as for any other end. False if the id is not on the loop.
+  bool end(std::uint64_t id);
+  [[nodiscard]] unsigned threads() const;
+  [[nodiscard]] std::size_t sessions() const;
+
+  struct Impl;
+
+ private:
+  explicit FuseLoop(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  friend class FuseServer;
 };
 
 }  // namespace urunc::bootfs

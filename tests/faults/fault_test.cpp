@@ -12,6 +12,12 @@
 //   ReaderGoesAway  readers SIGKILLed mid-read, then 1000 parallel opens.
 //   Cycles          URUNC_BOOTFS_CYCLES mount/read/umount cycles (default
 //                   50), and one long-lived daemon over 10000 opens.
+//   MatrixFaults    the containerd matrix's chosen subset: kill -9 while
+//                   serving then gc, and a containerd restart while
+//                   serving, on containerd 1.7 and 2.x (fetched and cached by
+//                   scripts/fetch-containerd.sh) with overlayfs, blockfile
+//                   and (2.x) erofs. Every other case runs on Debian 12's
+//                   1.6.20 with overlayfs.
 //
 // After every case: no mount, loop device, lease, view, state file or
 // process is left. One containerd and one image per test process (ctest runs
@@ -64,7 +70,6 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kCliTimeout = std::chrono::milliseconds(60s);
 constexpr std::string_view kPrefix = "urunc-bootfs/";
 constexpr const char* kContainer = "c1";
-constexpr const char* kSnapshotter = "overlayfs";
 constexpr const char* kKernel = "/.boot/kernel";
 constexpr const char* kInitrd = "/.boot/initrd.img";
 constexpr const char* kUruncJson = "/urunc.json";
@@ -79,14 +84,6 @@ bool starts_with(std::string_view s, std::string_view prefix) {
 }
 bool contains(std::string_view s, std::string_view needle) {
   return s.find(needle) != std::string_view::npos;
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(line);
-  return out;
 }
 
 std::string read_or_empty(const std::string& path) {
@@ -111,24 +108,6 @@ std::set<std::string> tree(const std::string& mnt) {
     out.insert("/" + fs::relative(e.path(), mnt).string());
   return out;
 }
-
-// /proc/PID/stat field 3 (state) and field 4 (ppid); '\0' / -1 if unreadable.
-char proc_state(pid_t pid) {
-  const std::string stat = read_or_empty("/proc/" + std::to_string(pid) + "/stat");
-  const auto close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 >= stat.size()) return '\0';
-  return stat[close + 2];
-}
-pid_t proc_ppid(pid_t pid) {
-  const std::string stat = read_or_empty("/proc/" + std::to_string(pid) + "/stat");
-  const auto close = stat.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream in(stat.substr(close + 2));
-  char state = 0;
-  pid_t ppid = -1;
-  in >> state >> ppid;
-  return ppid;
-}
 int proc_threads(pid_t pid) {
   const std::string status = read_or_empty("/proc/" + std::to_string(pid) + "/status");
   const auto pos = status.find("\nThreads:");
@@ -136,6 +115,23 @@ int proc_threads(pid_t pid) {
 }
 
 // Waits (bounded) until `pid` is gone or a zombie.
+// /proc/PID/stat field 3 (state); '\0' if unreadable.
+char proc_state(pid_t pid) {
+  const std::string stat = read_or_empty("/proc/" + std::to_string(pid) + "/stat");
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return '\0';
+  return stat[close + 2];
+}
+
+// The host daemon is either gone (killed) or serves no mount any more: it
+// holds no FUSE connection (it stays for the next mount).
+void expect_daemon_done(pid_t daemon) {
+  for (int i = 0; i < 200 && pid_alive(daemon) && fuse_connections(daemon) > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(!pid_alive(daemon) || fuse_connections(daemon) == 0)
+      << "daemon " << daemon << " still serves a FUSE connection";
+}
+
 bool wait_dead(pid_t pid, std::chrono::milliseconds limit = 10s) {
   const auto deadline = Clock::now() + limit;
   while (pid_alive(pid)) {
@@ -249,20 +245,39 @@ std::unique_ptr<Image> build_image() {
 
 struct Shared {
   bool tried = false;
+  std::string skip;  // the release line cannot be had here
   std::string error;
+  std::string erofs_skip;  // why the erofs differ cannot run
   std::unique_ptr<PrivateContainerd> ctrd;
   std::unique_ptr<Image> image;
 };
 
-Shared& shared() {
-  static Shared s;
+std::map<std::string, Shared>& all_shared() {
+  static std::map<std::string, Shared> all;
+  return all;
+}
+
+// One containerd per release line ("1.6", "1.7", "2.x") per test process.
+Shared& shared(const std::string& line = "1.6") {
+  Shared& s = all_shared()[line];
   if (s.tried) return s;
   s.tried = true;
+  const ContainerdRelease& rel = containerd_release(line);
+  if (!rel.skip.empty()) {
+    s.skip = rel.skip;
+    return s;
+  }
   try {
     s.image = build_image();
-    s.ctrd = std::make_unique<PrivateContainerd>(false);
+    PrivateContainerd::Options opts;
+    if (line != "1.6") {
+      opts.bin_dir = rel.bin_dir;
+      opts.blockfile = true;
+    }
+    if (line == "2.x") opts.mkfs_erofs = mkfs_erofs(&s.erofs_skip);
+    s.ctrd = std::make_unique<PrivateContainerd>(opts);
   } catch (const std::exception& e) {
-    s.error = e.what();
+    s.error = "containerd " + line + ": " + e.what();
     s.ctrd.reset();
   }
   return s;
@@ -277,10 +292,12 @@ class SharedTeardown : public ::testing::Environment {
  public:
   void TearDown() override {
     if (!shared_started()) return;
-    Shared& s = shared();
-    if (s.ctrd && !s.ctrd->stop()) std::cerr << "faults: containerd left something behind\n";
-    s.ctrd.reset();
-    s.image.reset();
+    for (auto& [line, s] : all_shared()) {
+      if (s.ctrd && !s.ctrd->stop())
+        std::cerr << "faults: containerd " << line << " left something behind\n";
+      s.ctrd.reset();
+      s.image.reset();
+    }
     reap_zombies();
   }
 };
@@ -353,6 +370,9 @@ class PausedContainerd {
 
 class FaultTest : public ::testing::Test {
  protected:
+  virtual std::string line() const { return "1.6"; }
+  virtual std::string snapshotter() const { return "overlayfs"; }
+
   void SetUp() override {
     if (auto why = PrivateContainerd::skip_reason(); !why.empty()) GTEST_SKIP() << why;
     if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "/dev/fuse is not available";
@@ -362,8 +382,11 @@ class FaultTest : public ::testing::Test {
     ::unsetenv("URUNC_BOOTFS_RELEASE_TIMEOUT_MS");
     ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0) << std::strerror(errno);
     shared_started() = true;
-    Shared& s = shared();
+    Shared& s = shared(line());
+    if (!s.skip.empty()) GTEST_SKIP() << s.skip;
     ASSERT_TRUE(s.error.empty()) << s.error;
+    if (snapshotter() == "erofs" && !s.erofs_skip.empty())
+      GTEST_SKIP() << "erofs: " << s.erofs_skip;
     ctrd_ = s.ctrd.get();
     image_ = s.image.get();
     ASSERT_TRUE(is_our_containerd(*ctrd_, containerd_pid(*ctrd_)))
@@ -372,10 +395,10 @@ class FaultTest : public ::testing::Test {
     ns_ = namespace_for_current_test("ft");
     loops_before_ = loop_devices_backed_by(ctrd_->dir().string());
     ns_ready_ = true;
-    auto imported = ctr({"images", "import", "--snapshotter", kSnapshotter, image_->tar.string()});
+    auto imported = ctrd_->import_image(ns_, snapshotter(), image_->tar);
     ASSERT_TRUE(imported.ok()) << "import: " << imported.describe();
     auto created =
-        ctr({"containers", "create", "--snapshotter", kSnapshotter, image_->ref, kContainer});
+        ctr({"containers", "create", "--snapshotter", snapshotter(), image_->ref, kContainer});
     ASSERT_TRUE(created.ok()) << "containers create: " << created.describe();
   }
 
@@ -409,7 +432,7 @@ class FaultTest : public ::testing::Test {
   std::vector<std::string> ours_leases() const { return ctrd_->lease_ids(ns_, kPrefix); }
   std::vector<std::string> ours_views() const {
     std::vector<std::string> out;
-    auto r = ctr({"snapshots", "--snapshotter", kSnapshotter, "ls"});
+    auto r = ctr({"snapshots", "--snapshotter", snapshotter(), "ls"});
     EXPECT_TRUE(r.ok()) << r.describe();
     auto lines = lines_of(r.out);
     for (std::size_t i = 1; i < lines.size(); ++i) {  // line 0 is the header
@@ -516,7 +539,43 @@ class FaultTest : public ::testing::Test {
     const pid_t daemon = state_daemon_pid();
     auto u = umount(mnt);
     ASSERT_TRUE(u.ok()) << u.describe();
-    EXPECT_FALSE(pid_alive(daemon));
+    expect_daemon_done(daemon);
+    expect_nothing_left(mnt);
+  }
+
+  // containerd restarts in the middle of serving: the mount serves the
+  // same bytes before and after, umount then releases normally, nothing is
+  // left, and a new mount reads the same bytes again.
+  void expect_restart_loses_nothing() {
+    const std::string mnt = mountpoint();
+    auto r = mount(mnt);
+    ASSERT_TRUE(r.ok()) << r.describe();
+    const auto before = hashes(mnt);
+    ASSERT_EQ(before, expected_hashes());
+    const auto st = state_json();
+    ASSERT_TRUE(st);
+    const pid_t daemon = (*st)["daemon"]["pid"].get<pid_t>();
+    const std::string lease = (*st)["containerd"]["lease"], view = (*st)["containerd"]["view"];
+
+    restart_containerd(*ctrd_);
+    EXPECT_EQ(hashes(mnt), before);
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
+        << "the restart lost or added a lease";
+    EXPECT_EQ(ours_views(), std::vector<std::string>{view});
+    EXPECT_TRUE(pid_alive(daemon));
+
+    const auto start = Clock::now();
+    auto u = umount(mnt);
+    EXPECT_TRUE(u.ok()) << u.describe();
+    EXPECT_LT(seconds_since(start), 30.0);
+    expect_daemon_done(daemon);
+    expect_nothing_left(mnt);
+
+    auto again = mount(mnt);
+    ASSERT_TRUE(again.ok()) << again.describe();
+    EXPECT_EQ(hashes(mnt), before);
+    auto u2 = umount(mnt);
+    EXPECT_TRUE(u2.ok()) << u2.describe();
     expect_nothing_left(mnt);
   }
 
@@ -532,8 +591,9 @@ class FaultTest : public ::testing::Test {
 
 // ======================================================== kill the daemon
 
-// Who cleans up after the daemon's kill -9:
-//   parent  the `mount` still waiting for readiness notices and undoes it;
+// Who cleans up after the host daemon's kill -9:
+//   parent  the `mount` still waiting for its answer notices and undoes it
+//           (through the full binary, from the state file);
 //   umount  the `mount` was killed first; `urunc-bootfs umount MNT` cleans;
 //   gc      the same, `urunc-bootfs gc` cleans.
 struct KillCase {
@@ -579,9 +639,10 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
     daemon = wait_stopped_daemon(bg);
     ASSERT_GT(daemon, 0) << "the daemon did not stop after " << step
                          << "; mount: " << (bg.done() ? bg.join().describe() : "still running");
-    const pid_t parent = proc_ppid(daemon);
-    ASSERT_GT(parent, 1);
-    ASSERT_TRUE(contains(read_or_empty("/proc/" + std::to_string(parent) + "/cmdline"), mnt));
+    // The client waiting for its answer (the daemon is not its child).
+    const auto clients = pids_with_cmdline_containing(mnt);
+    ASSERT_EQ(clients.size(), 1U) << "one `mount` process names " << mnt;
+    const pid_t parent = clients.front();
 
     // The state file already names exactly what exists in containerd.
     const auto st = state_json();
@@ -609,7 +670,7 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
       EXPECT_NE(r.exit_code, 0) << r.describe();
       EXPECT_FALSE(r.timed_out);
       expect_one_line_error(r);
-      EXPECT_TRUE(contains(r.err, "killed by signal 9")) << r.err;
+      EXPECT_TRUE(contains(r.err, "daemon went away")) << r.err;
     } else {
       ASSERT_EQ(::kill(parent, SIGKILL), 0);
       auto r = bg.join();
@@ -629,7 +690,7 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
     EXPECT_TRUE(contains(g.out, lease)) << g.out;
     EXPECT_TRUE(contains(g.out, mnt)) << g.out;
   }
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   expect_nothing_left(mnt);
   reap_zombies();
   expect_mounts_again(mnt);
@@ -688,7 +749,7 @@ TEST_F(ContainerdDown, ReadsKeepWorkingAndGcReleasesWhenItIsBack) {
   EXPECT_LT(took, 20.0) << "the release budget (3 s) was not kept";
   std::cout << "[ down    ] umount with containerd down: exit " << u.exit_code << " after " << took
             << " s: " << u.err;
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{})
       << "the FUSE mount is still there";
   const auto after = state_json();
@@ -731,7 +792,7 @@ TEST_F(ContainerdDown, StoppedAfterTheLeaseMountFailsAndLeavesARecord) {
   EXPECT_TRUE(contains(r.err, "gc")) << r.err;
   EXPECT_TRUE(contains(r.err, lease)) << r.err;
   EXPECT_LT(took, 30.0) << r.describe();
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
   const auto left = state_json();
   ASSERT_TRUE(left) << "the lease is left in containerd, so its record must stay";
@@ -772,7 +833,7 @@ TEST_F(ContainerdDown, BackWithinTheReleaseBudgetReleasesByItself) {
   auto result = u.join();
   EXPECT_TRUE(result.ok()) << result.describe();
   EXPECT_LT(seconds_since(start), 40.0);
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   expect_nothing_left(mnt);
 }
 
@@ -780,36 +841,68 @@ TEST_F(ContainerdDown, BackWithinTheReleaseBudgetReleasesByItself) {
 // bytes before and after, umount then releases normally, nothing is left,
 // and a new mount reads the same bytes again.
 TEST_F(ContainerdDown, RestartWhileServingLosesNothing) {
+  expect_restart_loses_nothing();
+}
+
+// ============================================ the containerd matrix's subset
+
+// A cell of the matrix: a containerd release line and a snapshotter.
+struct Cell {
+  std::string line;
+  std::string snapshotter;
+};
+
+void PrintTo(const Cell& c, std::ostream* os) {
+  *os << c.line << "/" << c.snapshotter;
+}
+
+class MatrixFaults : public FaultTest, public ::testing::WithParamInterface<Cell> {
+ protected:
+  std::string line() const override { return GetParam().line; }
+  std::string snapshotter() const override { return GetParam().snapshotter; }
+};
+
+// kill -9 of a serving daemon: the lease and view outlive it, gc removes
+// them (and the dead FUSE mount, the loop device of a blockfile view goes
+// with the daemon's fds), and the mountpoint mounts again.
+TEST_P(MatrixFaults, KillNineWhileServingThenGcCleans) {
   const std::string mnt = mountpoint();
   auto r = mount(mnt);
   ASSERT_TRUE(r.ok()) << r.describe();
-  const auto before = hashes(mnt);
-  ASSERT_EQ(before, expected_hashes());
+  expect_serves_image(mnt);
   const auto st = state_json();
   ASSERT_TRUE(st);
   const pid_t daemon = (*st)["daemon"]["pid"].get<pid_t>();
   const std::string lease = (*st)["containerd"]["lease"], view = (*st)["containerd"]["view"];
-
-  restart_containerd(*ctrd_);
-  EXPECT_EQ(hashes(mnt), before);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the restart lost or added a lease";
+  ASSERT_EQ(::kill(daemon, SIGKILL), 0);
+  ASSERT_TRUE(wait_dead(daemon)) << "daemon " << daemon << " survived SIGKILL";
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
+      << "the lease must outlive a killed daemon";
   EXPECT_EQ(ours_views(), std::vector<std::string>{view});
-  EXPECT_TRUE(pid_alive(daemon));
-
-  const auto start = Clock::now();
-  auto u = umount(mnt);
-  EXPECT_TRUE(u.ok()) << u.describe();
-  EXPECT_LT(seconds_since(start), 30.0);
-  EXPECT_FALSE(pid_alive(daemon));
+  auto g = gc();
+  EXPECT_TRUE(g.ok()) << g.describe();
+  EXPECT_TRUE(contains(g.out, lease)) << g.out;
+  EXPECT_TRUE(contains(g.out, mnt)) << g.out;
   expect_nothing_left(mnt);
-
-  auto again = mount(mnt);
-  ASSERT_TRUE(again.ok()) << again.describe();
-  EXPECT_EQ(hashes(mnt), before);
-  auto u2 = umount(mnt);
-  EXPECT_TRUE(u2.ok()) << u2.describe();
-  expect_nothing_left(mnt);
+  reap_zombies();
+  expect_mounts_again(mnt);
 }
+
+// containerd (this release) restarts while a mount serves: the same bytes
+// before and after, then a normal release.
+TEST_P(MatrixFaults, RestartWhileServingLosesNothing) {
+  expect_restart_loses_nothing();
+}
+
+INSTANTIATE_TEST_SUITE_P(Faults, MatrixFaults,
+                         ::testing::Values(Cell{"1.7", "overlayfs"}, Cell{"1.7", "blockfile"},
+                                           Cell{"2.x", "overlayfs"}, Cell{"2.x", "blockfile"},
+                                           Cell{"2.x", "erofs"}),
+                         [](const auto& p) {
+                           std::string out = "v" + p.param.line + "_" + p.param.snapshotter;
+                           std::ranges::replace(out, '.', '_');
+                           return out;
+                         });
 
 // ============================================ containerd slow or frozen
 
@@ -872,7 +965,7 @@ TEST_F(ContainerdSlow, FrozenAfterTheLeaseMountFailsAndGcCleans) {
   expect_one_line_error(r);
   EXPECT_TRUE(contains(r.err, "view")) << r.err;
   EXPECT_LT(took, 30.0) << r.describe();
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
   std::cout << "[ frozen  ] mount frozen after the lease failed after " << took << " s: " << r.err;
   std::this_thread::sleep_for(1s);
@@ -992,6 +1085,18 @@ class ReaderGoesAway : public FaultTest, public ::testing::WithParamInterface<st
   }
 };
 
+// {fds that are not pipes, pipes} of a process ({-1, -1} if unreadable).
+std::pair<int, int> fds_by_kind(pid_t pid) {
+  std::error_code ec;
+  int other = 0, pipes = 0;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    const auto target = fs::read_symlink(e.path(), ec).string();
+    (target.starts_with("pipe:") ? pipes : other) += 1;
+  }
+  if (ec) return {-1, -1};
+  return {other, pipes};
+}
+
 TEST_P(ReaderGoesAway, DaemonKeepsServingWithFlatFdsAndRss) {
   const std::string mnt = mountpoint();
   auto r = mount(mnt, {"--passthrough", GetParam()});
@@ -1005,6 +1110,7 @@ TEST_P(ReaderGoesAway, DaemonKeepsServingWithFlatFdsAndRss) {
   EXPECT_EQ(parallel_opens(mnt), 0);
   std::this_thread::sleep_for(200ms);
   const int fds0 = count_fds(daemon);
+  const int other0 = fds_by_kind(daemon).first;
   const long rss0 = rss_kib(daemon);
   const int threads0 = proc_threads(daemon);
   ASSERT_GT(fds0, 0);
@@ -1047,7 +1153,12 @@ TEST_P(ReaderGoesAway, DaemonKeepsServingWithFlatFdsAndRss) {
   std::cout << "[ daemon  ] passthrough=" << GetParam() << ": fds " << fds0 << " -> " << fds1
             << ", RSS " << rss0 << " -> " << rss1 << " KiB, threads " << threads0 << " -> "
             << threads1 << "\n";
-  EXPECT_EQ(fds1, fds0) << "the daemon leaked fds";
+  // libfuse gives each worker thread its own splice pipe (two fds), made on
+  // the thread's first spliced read, which may come after the baseline:
+  // pipes are bounded by the workers, every other fd must stay as it was.
+  const auto [other1, pipes1] = fds_by_kind(daemon);
+  EXPECT_EQ(other1, other0) << "the daemon leaked fds (" << fds0 << " -> " << fds1 << ")";
+  EXPECT_LE(pipes1, 2 * threads1) << "more splice pipes than worker threads";
   EXPECT_LE(rss1, rss0 + 1024) << "the daemon's RSS grew by more than 1 MiB";
   // The FUSE worker pool may grow to its maximum (--threads, 4 by
   // default) under load, but never past it.
@@ -1058,7 +1169,7 @@ TEST_P(ReaderGoesAway, DaemonKeepsServingWithFlatFdsAndRss) {
 
   auto u = umount(mnt);
   ASSERT_TRUE(u.ok()) << u.describe();
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   expect_nothing_left(mnt);
 }
 
@@ -1100,7 +1211,8 @@ TEST_F(Cycles, MountReadUmountLeavesNothing) {
     ASSERT_EQ(hashes(mnt), expected);
     auto u = umount(mnt);
     ASSERT_TRUE(u.ok()) << u.describe();
-    ASSERT_FALSE(pid_alive(daemon)) << "daemon " << daemon << " outlived umount";
+    // The host daemon serves on, holding nothing of this mount.
+    ASSERT_EQ(fuse_connections(daemon), 0) << "daemon " << daemon << " still serves after umount";
     ASSERT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
     ASSERT_TRUE(cli_.state_files().empty());
     reap_zombies();
@@ -1187,7 +1299,7 @@ TEST_P(LongLivedDaemon, TenThousandOpensKeepRssAndFdsFlat) {
   EXPECT_GE(st.value("counters", nlohmann::json::object()).value("opens", 0), 11000) << st.dump(2);
   auto u = umount(mnt);
   ASSERT_TRUE(u.ok()) << u.describe();
-  EXPECT_FALSE(pid_alive(daemon));
+  expect_daemon_done(daemon);
   expect_nothing_left(mnt);
 }
 

@@ -234,6 +234,34 @@ TEST_F(ReadModeTest, PassthroughReadAddsNoPageCacheOfItsOwn) {
   umount_ok(mnt_);
 }
 
+TEST_F(ReadModeTest, EachExtraPassthroughMountAddsNoPageCache) {
+  // Two containers of one image: two mounts over the same backing files.
+  // With passthrough neither FUSE inode caches anything (the backing file's
+  // cache is the only copy); with splice each mount keeps its own copy.
+  if (!mount_passthrough_or_skip(root_, mnt_))
+    GTEST_SKIP() << "kernel FUSE passthrough is not available here";
+  inner_ = (tmp_ / "second").string();
+  fs::create_directories(inner_);
+  auto second = mount("on", root_, inner_);
+  ASSERT_TRUE(second.ok()) << second.describe();
+  std::vector<long> pages;
+  for (const auto& at : {mnt_, inner_}) {
+    EXPECT_EQ(modes(at), (std::vector<std::string>{"passthrough", "passthrough", "passthrough"}));
+    EXPECT_EQ(sha256_file(at + "/.boot/kernel"), sha256_hex(kernel_));
+    const int fd = ::open((at + "/.boot/kernel").c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    pages.push_back(cached_pages(fd));
+    ::close(fd);
+  }
+  if (pages[0] < 0) GTEST_SKIP() << "cachestat(2) is not available (Linux < 6.5)";
+  EXPECT_EQ(pages, (std::vector<long>{0, 0}));
+  auto u = cli_({"umount", inner_});
+  ASSERT_TRUE(u.ok()) << u.describe();
+  expect_not_mounted(inner_);
+  inner_.clear();
+  umount_ok(mnt_);
+}
+
 TEST_F(ReadModeTest, AutomaticUsesSpliceOverAWritableSource) {
   // A writable source could grow; passthrough would show the growth, so the
   // automatic policy keeps splice there (the size served stays the one at
@@ -295,7 +323,8 @@ TEST_F(ReadModeTest, RefusedBackingFilesystemFallsBackOrFailsTheMount) {
 TEST_F(ReadModeTest, UnmountAndSignalsEndThePassthroughDaemon) {
   if (!mount_passthrough_or_skip(root_, mnt_))
     GTEST_SKIP() << "kernel FUSE passthrough is not available here";
-  // SIGTERM: the daemon unmounts, closes its backing ids and exits.
+  // SIGTERM: the host daemon unmounts every mount, closes its backing ids
+  // and exits.
   const pid_t pid = cli_.daemon_pid(mnt_);
   ASSERT_GT(pid, 0);
   EXPECT_EQ(sha256_file(mnt_ + "/.boot/initrd"), sha256_file(root_ / ".boot/initrd"));
@@ -326,7 +355,9 @@ TEST_F(ReadModeTest, UnmountAndSignalsEndThePassthroughDaemon) {
   auto lazy = cli_({"umount", "--lazy", mnt_});
   lazy_cli.join();
   EXPECT_TRUE(lazy.ok()) << lazy.describe();
-  EXPECT_FALSE(pid_alive(pid3));
+  // The host daemon stays for the next mount; this one is gone from it.
+  EXPECT_TRUE(pid_alive(pid3));
+  EXPECT_EQ(cli_.daemon_mounts(), 0);
   cli_.expect_nothing_left(mnt_);
 }
 

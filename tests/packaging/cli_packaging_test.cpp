@@ -58,6 +58,15 @@ TEST(Config, FileValuesOverrideDefaultsAndSayWhereTheyCameFrom) {
   EXPECT_EQ(partial->origin.at("threads"), "file");
   EXPECT_EQ(partial->origin.at("address"), "default");
   EXPECT_TRUE(parse_config("{}", "x.json"));
+
+  // The daemon's watch: urunc's runtime unless told otherwise; [] for none.
+  EXPECT_EQ(partial->watch_runtimes, (std::vector<std::string>{"io.containerd.urunc.v2"}));
+  auto watched = parse_config(R"({"watch_runtimes": ["io.containerd.kata.v2", "*"]})", "x.json");
+  ASSERT_TRUE(watched);
+  EXPECT_EQ(watched->watch_runtimes, (std::vector<std::string>{"io.containerd.kata.v2", "*"}));
+  auto none = parse_config(R"({"watch_runtimes": []})", "x.json");
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->watch_runtimes.empty());
 }
 
 TEST(Config, RefusesTyposAndBadValuesNamingFileAndKey) {
@@ -79,6 +88,10 @@ TEST(Config, RefusesTyposAndBadValuesNamingFileAndKey) {
            {R"({"address": ""})", "\"address\": must not be empty"},
            {R"({"allowed_mount_options": "kernel"})", "must be an array of strings"},
            {R"({"allowed_mount_options": ["suid"]})", "\"suid\" is not a mount option"},
+           {R"({"watch_runtimes": "io.containerd.urunc.v2"})",
+            "\"watch_runtimes\": must be an array"},
+           {R"({"watch_runtimes": [""]})", "must be an array of runtime names"},
+           {R"({"watch_runtimes": [7]})", "must be an array of runtime names"},
        }) {
     auto parsed = parse_config(c.text, "/etc/urunc-bootfs/config.json");
     ASSERT_FALSE(parsed) << c.text;

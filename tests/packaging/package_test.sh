@@ -13,7 +13,7 @@
 #   mount       installs the package for real (apt-get install ./deb), mounts
 #               with `mount -t fuse.urunc-bootfs` over a directory, reads,
 #               unmounts with `urunc-bootfs umount`, plain `umount` and
-#               `umount -l`, checks the daemon exits and the state file goes,
+#               `umount -l`, checks the daemon releases it and the state file goes,
 #               then purges the package, even on failure
 #   clean       removes WORK_DIR
 # Exit 77 = skipped (the reason on stdout).
@@ -55,11 +55,42 @@ step_contents() {
   local depends
   depends=$(dpkg-deb -f "$deb" Depends)
   say "Depends: $depends"
-  for dep in fuse3 libfuse3-3 libdevmapper1.02.1 libgrpc++ libprotobuf libc6; do
+  # Library package names are the release's own (libfuse3-3 on Debian 12,
+  # libfuse3-4 and the t64 names on Debian 13), from dpkg-shlibdeps.
+  for dep in fuse3 libfuse3- libdevmapper1.02.1 libgrpc++ libprotobuf libc6; do
     [[ $depends == *"$dep"* ]] || fail "Depends lacks $dep"
   done
+  # Every library the binary needs, by the package that holds it here.
+  local soname path pkg checked=0
+  for soname in $(objdump -p "$root/usr/bin/urunc-bootfs" | awk '$1 == "NEEDED" { print $2 }'); do
+    path=$(ldconfig -p | awk -v l="$soname" '!found && $1 == l { print $NF; found = 1 }')  # no early exit: pipefail
+    [[ -n $path ]] || fail "$soname (needed by the binary) is not on this system"
+    # dpkg knows the path the package ships: /lib/... or /usr/lib/...
+    pkg=$({ dpkg -S "$path" || dpkg -S "/usr${path#/usr}" || dpkg -S "${path#/usr}"; } 2>/dev/null | sed -n 1p | cut -d: -f1)
+    [[ -n $pkg ]] || fail "no package holds $path"
+    # shlibs may name a virtual package the library's package provides
+    # (libspdlog1.10 provides libspdlog1.10-fmt9).
+    local names found=0
+    names="$pkg $(dpkg-query -W -f='${Provides}' "$pkg" | sed 's/([^)]*)//g; s/,/ /g')"
+    for name in $names; do
+      [[ " ${depends//,/ } " == *" $name "* ]] && found=1
+    done
+    [[ $found -eq 1 ]] || fail "Depends names neither $pkg nor what it provides ($soname here)"
+    checked=$((checked + 1))
+  done
+  say "Depends names the package of each of the $checked libraries the binary needs"
   [[ $(dpkg-deb -f "$deb" Package) == urunc-bootfs ]] || fail "Package is not urunc-bootfs"
-  [[ $(dpkg-deb -f "$deb" Version) == *-* ]] || fail "Version has no Debian revision"
+  local version
+  version=$(dpkg-deb -f "$deb" Version)
+  [[ $version == *-* ]] || fail "Version has no Debian revision"
+  local release
+  # shellcheck disable=SC1091  # the running system's file
+  release=$(. /etc/os-release && [[ ${ID:-} == debian && ${VERSION_ID:-} =~ ^[0-9]+$ ]] && echo "$VERSION_ID") || true
+  if [[ -n $release ]]; then
+    [[ $version == *+deb$release ]] || fail "Version $version does not name Debian $release (+deb$release)"
+    [[ $(basename "$deb") == urunc-bootfs_*+deb${release}_*.deb ]] || fail "$(basename "$deb") does not name Debian $release"
+    say "Version $version: for Debian $release"
+  fi
   for file in usr/bin/urunc-bootfs usr/share/man/man8/urunc-bootfs.8.gz \
       usr/share/bash-completion/completions/urunc-bootfs usr/share/doc/urunc-bootfs/copyright \
       usr/share/doc/urunc-bootfs/changelog.Debian.gz usr/share/doc/urunc-bootfs/examples/config.json; do
@@ -179,6 +210,12 @@ cleanup_mount() {
   if [[ -n $mnt ]] && findmnt -rn --mountpoint "$mnt" >/dev/null 2>&1; then
     urunc-bootfs umount --lazy "$mnt" >/dev/null 2>&1 || umount -l "$mnt" 2>/dev/null
   fi
+  # The host daemon the first mount started for the private state dir.
+  local dpid
+  dpid=$(cat "${URUNC_BOOTFS_STATE_DIR:-/nonexistent}/daemon.pid" 2>/dev/null)
+  if [[ -n $dpid ]] && kill -TERM "$dpid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
+  fi
   if [[ $installed -eq 1 ]]; then
     apt-get purge -y -qq -o DPkg::Lock::Timeout=300 urunc-bootfs >/dev/null 2>&1 ||
       dpkg --purge urunc-bootfs >/dev/null 2>&1
@@ -193,13 +230,16 @@ cleanup_mount() {
   exit $rc
 }
 
-state_files() { find "$URUNC_BOOTFS_STATE_DIR" -name '*.json' 2>/dev/null | wc -l; }
+state_files() { find "$URUNC_BOOTFS_STATE_DIR/mounts" -name '*.json' 2>/dev/null | wc -l; }
 daemon_pid() { urunc-bootfs status --json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["daemon"]["pid"])'; }
 is_mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
-wait_gone() {  # PID MOUNTPOINT: daemon exited, nothing mounted, no state file (10 s)
+# FUSE connections a process holds (the host daemon holds none once its
+# mounts are released; it stays for the next one).
+fuse_conns() { find "/proc/$1/fd" -lname /dev/fuse 2>/dev/null | wc -l; }
+wait_gone() {  # PID MOUNTPOINT: daemon serves nothing, nothing mounted, no state file (10 s)
   local i
   for ((i = 0; i < 100; i++)); do
-    if ! kill -0 "$1" 2>/dev/null && ! is_mounted "$2" && [[ $(state_files) -eq 0 ]]; then return 0; fi
+    if [[ $(fuse_conns "$1") -eq 0 ]] && ! is_mounted "$2" && [[ $(state_files) -eq 0 ]]; then return 0; fi
     sleep 0.1
   done
   return 1
@@ -260,7 +300,7 @@ step_mount() {
   local pid
   pid=$(daemon_pid "$mnt")
   urunc-bootfs umount "$mnt"
-  ! alive "$pid" || fail "the daemon $pid still runs after urunc-bootfs umount"
+  [[ $(fuse_conns "$pid") -eq 0 ]] || fail "the daemon $pid still serves after urunc-bootfs umount"
   ! is_mounted "$mnt" || fail "still mounted after urunc-bootfs umount"
   [[ $(state_files) -eq 0 ]] || fail "a state file is left after urunc-bootfs umount"
   say "mount -t fuse.urunc-bootfs $t/rootfs + urunc-bootfs umount: served, read, released"
@@ -272,16 +312,16 @@ step_mount() {
   pid=$(daemon_pid "$mnt")
   umount "$mnt"
   ! is_mounted "$mnt" || fail "still mounted after umount"
-  wait_gone "$pid" "$mnt" || fail "after umount: daemon alive=$(alive "$pid" && echo yes || echo no), state files=$(state_files)"
-  say "mount -t fuse.urunc-bootfs dir:... + umount: the daemon exited and removed its state"
+  wait_gone "$pid" "$mnt" || fail "after umount: daemon connections=$(fuse_conns "$pid"), state files=$(state_files)"
+  say "mount -t fuse.urunc-bootfs dir:... + umount: the daemon released the mount and its state"
 
   # 3. The same with umount -l.
   mount -t fuse.urunc-bootfs "$t/rootfs" "$mnt"
   check_served
   pid=$(daemon_pid "$mnt")
   umount -l "$mnt"
-  wait_gone "$pid" "$mnt" || fail "after umount -l: daemon alive=$(alive "$pid" && echo yes || echo no), mounted=$(is_mounted "$mnt" && echo yes || echo no), state files=$(state_files)"
-  say "mount + umount -l: the daemon exited and removed its state"
+  wait_gone "$pid" "$mnt" || fail "after umount -l: daemon connections=$(fuse_conns "$pid"), mounted=$(is_mounted "$mnt" && echo yes || echo no), state files=$(state_files)"
+  say "mount + umount -l: the daemon released the mount and its state"
 
   # 4. Refusals leave nothing behind, with the documented exit codes.
   local rc=0

@@ -199,6 +199,50 @@ TEST_F(ContainerdClient, StatOfMissingKeyIsNotFoundAndSaysWhat) {
   EXPECT_TRUE(contains(message, "not found")) << message;
 }
 
+// start_stat: the Stat the daemon overlaps with Containers.Get.
+TEST_F(ContainerdClient, AStatStartedEarlyAnswersAsStatDoes) {
+  commit_snapshot("early-1", "", {{"f", "x"}});
+  const std::string key = unique_key();
+  auto view = client_->view("overlayfs", key, "early-1", {}, "");
+  ASSERT_TRUE(view) << view.error().to_string();
+  auto pending = client_->start_stat("overlayfs", key);
+  auto early = pending.get();
+  ASSERT_TRUE(early) << early.error().to_string();
+  auto now = client_->stat("overlayfs", key);
+  ASSERT_TRUE(now) << now.error().to_string();
+  EXPECT_EQ(early->parent, "early-1");
+  EXPECT_EQ(early->kind, now->kind);
+  EXPECT_EQ(early->name, now->name);
+  // Errors name the snapshot as stat()'s do.
+  auto missing = client_->start_stat("overlayfs", "no-such-key").get();
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().kind, ErrorKind::not_found);
+  EXPECT_TRUE(contains(missing.error().message, "snapshot \"no-such-key\" on snapshotter"))
+      << missing.error().message;
+  auto refused = client_->with_namespace("")->start_stat("overlayfs", key).get();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind, ErrorKind::usage);
+  // Dropped unanswered, many at once: cancelled and waited for, no crash.
+  for (int i = 0; i < 50; ++i) (void)client_->start_stat("overlayfs", key);
+  // Both snapshots must go. The burst of cancelled streams can cost the
+  // connection (the server may answer a reset burst with GOAWAY), so a
+  // Remove is tried again until it is done or says the snapshot is gone.
+  std::string left;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    left.clear();
+    for (const std::string& k : {key, std::string("early-1")}) {
+      auto removed = client_->remove("overlayfs", k);
+      if (!removed && removed.error().kind != ErrorKind::not_found)
+        left += removed.error().to_string() + "; ";
+    }
+    if (left.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(left, "");
+  EXPECT_FALSE(client_->stat("overlayfs", key));
+  EXPECT_FALSE(client_->stat("overlayfs", "early-1"));
+}
+
 TEST_F(ContainerdClient, UnknownSnapshotterAndContainer) {
   auto info = client_->stat("no-such-snapshotter", "k");
   ASSERT_FALSE(info);

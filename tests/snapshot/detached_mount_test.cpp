@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "test_util.h"
 
@@ -141,6 +143,186 @@ TEST_F(DetachedMountTest, Ext4ImageThroughReadOnlyAutoclearLoop) {
   EXPECT_EQ(count_open_fds(), fds_before);
 }
 
+// Pages of `path` in the page cache (mincore over a read-only mapping).
+long cached_pages(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return -1;
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || st.st_size == 0) return -1;
+  const auto size = static_cast<size_t>(st.st_size);
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (map == MAP_FAILED) return -1;
+  const long page = ::sysconf(_SC_PAGESIZE);
+  std::vector<unsigned char> vec((size + page - 1) / page);
+  long resident = -1;
+  if (::mincore(map, size, vec.data()) == 0) {
+    resident = 0;
+    for (unsigned char v : vec) resident += v & 1;
+  }
+  ::munmap(map, size);
+  return resident;
+}
+
+// Drops `path`'s clean pages from the page cache.
+void evict(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd) {
+    ::fdatasync(fd.get());
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
+  }
+}
+
+// A loop-backed view reads its image with direct I/O: reading a 16 MiB
+// file through the mount caches it under the loop device only, and adds
+// (almost) none of the image file's own pages to the page cache. Buffered,
+// the same read would add at least the 4096 pages of that file again.
+TEST_F(DetachedMountTest, LoopImageReadsDoNotCacheTheImageFileTwice) {
+  if (!have("mkfs.ext4")) GTEST_SKIP() << "mkfs.ext4 not installed";
+  constexpr size_t kFile = 16U << 20U;
+  std::string big(kFile, '\0');
+  for (size_t i = 0; i < kFile; ++i) big[i] = static_cast<char>((i * 2654435761U) >> 24U);
+  ASSERT_TRUE(write_file(dir_ / "src/boot/kernel", big));
+  const std::string image = dir_ / "blockfile.ext4";
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "src") + "' '" + image + "' 64M").status, 0);
+  evict(image);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  const long file_pages = static_cast<long>(kFile) / page;
+  const long before = cached_pages(image);
+  ASSERT_GE(before, 0) << "mincore on " << image;
+  ASSERT_LT(before, file_pages / 8) << "the image did not leave the page cache";
+  auto mount = mount_detached({Mount{"ext4", image, "", {"loop", "ro"}}});
+  ASSERT_TRUE(mount) << mount.error().to_string();
+  const std::string loop = mount->loop_device();
+  if (!mount->loop_direct_io())
+    GTEST_SKIP() << "the filesystem of " << dir_.path()
+                 << " refuses direct I/O for loop devices (the warning was logged)";
+  EXPECT_EQ(read_file("/sys/block/" + loop.substr(5) + "/loop/dio"), "1\n");
+  EXPECT_TRUE(read_at(mount->root_fd(), "boot/kernel") == big);
+  const long after = cached_pages(image);
+  // Direct I/O leaves the image file's cache as it was (superblock and
+  // metadata reads go through the loop device too).
+  EXPECT_LT(after - before, file_pages / 16)
+      << "reading " << file_pages << " pages through " << loop << " added " << (after - before)
+      << " pages of " << image << " to the page cache";
+}
+
+// An ext4 image that asks for journal recovery (INCOMPAT_RECOVER set, as
+// after a crash while it was mounted) cannot be recovered on a read-only
+// device: it is mounted with noload and its files are read.
+TEST_F(DetachedMountTest, Ext4ImageThatAsksForJournalRecoveryIsMountedWithNoload) {
+  if (!have("mkfs.ext4") || !have("debugfs")) GTEST_SKIP() << "mkfs.ext4/debugfs not installed";
+  ASSERT_TRUE(write_file(dir_ / "src/boot/kernel", "kernel after a crash\n"));
+  const std::string image = dir_ / "dirty.ext4";
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "src") + "' '" + image + "' 8M").status, 0);
+  const auto set = run("debugfs -w -R 'feature needs_recovery' '" + image + "'");
+  ASSERT_EQ(set.status, 0) << set.output;
+  ASSERT_NE(run("dumpe2fs -h '" + image + "' 2>/dev/null").output.find("needs_recovery"),
+            std::string::npos);
+  auto mount = mount_detached({Mount{"ext4", image, "", {"loop", "ro"}}});
+  ASSERT_TRUE(mount) << mount.error().to_string();
+  EXPECT_EQ(read_at(mount->root_fd(), "boot/kernel"), "kernel after a crash\n");
+  bool noload = false;
+  for (const auto& [key, value] : mount->plan().fs_params) noload = noload || key == "noload";
+  EXPECT_TRUE(noload);
+  expect_invisible(*mount);
+}
+
+// A containerd 2.2 mount stack, as a multi-layer erofs view could be
+// returned: a loop device, a filesystem on it ({{ source 0 }}), a second
+// layer, and an overlay of the two ({{ overlay 2 1 }}, top first), all
+// detached; nothing appears in the mount table and everything goes with
+// the handle.
+TEST_F(DetachedMountTest, ContainerdStackWithTemplatesIsMountedDetached) {
+  if (!have("mkfs.ext4")) GTEST_SKIP() << "mkfs.ext4 not installed";
+  ASSERT_TRUE(write_file(dir_ / "low/boot/kernel", "bottom kernel\n"));
+  ASSERT_TRUE(write_file(dir_ / "low/boot/initrd", "initrd\n"));
+  ASSERT_TRUE(write_file(dir_ / "top/boot/kernel", "top kernel\n"));
+  const std::string low = dir_ / "low.ext4", top = dir_ / "top.ext4";
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "low") + "' '" + low + "' 4M").status, 0);
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "top") + "' '" + top + "' 4M").status, 0);
+  const int fds_before = count_open_fds();
+  {
+    auto mount = mount_detached({
+        Mount{"loop", low, "", {}},
+        Mount{"format/ext4", "{{ source 0 }}", "", {"ro"}},
+        Mount{"ext4", top, "", {"loop", "ro"}},
+        Mount{"format/mkdir/overlay",
+              "overlay",
+              "",
+              {"X-containerd.mkdir.path={{ mount 2 }}/upper:0755", "lowerdir={{ overlay 2 1 }}"}},
+    });
+    ASSERT_TRUE(mount) << mount.error().to_string();
+    EXPECT_EQ(mount->plan().form, MountPlan::Form::overlay);
+    EXPECT_EQ(read_at(mount->root_fd(), "boot/kernel"), "top kernel\n");
+    EXPECT_EQ(read_at(mount->root_fd(), "boot/initrd"), "initrd\n");
+    EXPECT_EQ(create_errno(mount->root_fd(), "new"), EROFS);
+    expect_invisible(*mount);
+    EXPECT_NE(loops_of(low, false), "");
+    EXPECT_NE(loops_of(top, false), "");
+    struct stat st {};
+    EXPECT_NE(::stat((dir_ / "top/upper").c_str(), &st), 0) << "mkdir/ created a directory";
+  }
+  EXPECT_EQ(loops_of(low, true), "") << "loop device left behind";
+  EXPECT_EQ(loops_of(top, true), "") << "loop device left behind";
+  EXPECT_EQ(count_open_fds(), fds_before);
+}
+
+// A stack that fails half-way leaves nothing: the mounts and loop devices
+// made before the refused entry go.
+TEST_F(DetachedMountTest, RefusedStackEntryUndoesTheEntriesBefore) {
+  if (!have("mkfs.ext4")) GTEST_SKIP() << "mkfs.ext4 not installed";
+  ASSERT_TRUE(write_file(dir_ / "low/file", "x"));
+  const std::string low = dir_ / "low.ext4";
+  ASSERT_EQ(run("mkfs.ext4 -q -F -d '" + (dir_ / "low") + "' '" + low + "' 4M").status, 0);
+  const int fds_before = count_open_fds();
+  auto mount = mount_detached({
+      Mount{"ext4", low, "", {"loop", "ro"}},
+      Mount{"mkfs/loop", dir_ / "new.img", "", {"X-containerd.mkfs.size=1GiB"}},
+  });
+  ASSERT_FALSE(mount);
+  EXPECT_EQ(mount.error().kind, ErrorKind::invalid);
+  EXPECT_TRUE(mount.error().message.starts_with("mount type \"mkfs/loop\""))
+      << mount.error().message;
+  EXPECT_EQ(loops_of(low, true), "") << "loop device left behind";
+  EXPECT_EQ(count_open_fds(), fds_before);
+  struct stat st {};
+  EXPECT_NE(::stat((dir_ / "new.img").c_str(), &st), 0) << "mkfs/ created an image";
+}
+
+// mkfs.erofs 1.8 (built and cached by scripts/fetch-containerd.sh), or empty.
+std::string mkfs_erofs() {
+  const auto r = run(std::string("'") + URUNC_BOOTFS_FETCH_SCRIPT + "' --erofs-utils 2>/dev/null");
+  const auto at = r.output.find("MKFS_EROFS=");
+  if (r.status != 0 || at == std::string::npos) return {};
+  return r.output.substr(at + 11, r.output.find('\n', at) - at - 11);
+}
+
+// A multi-device erofs image: the metadata in layer.erofs, the file data
+// in a blob named by device=. Both files go on loop devices of their own,
+// and both devices go with the handle.
+TEST_F(DetachedMountTest, ErofsWithADeviceBlob) {
+  const std::string mkfs = mkfs_erofs();
+  if (mkfs.empty()) GTEST_SKIP() << "no mkfs.erofs 1.8 (scripts/fetch-containerd.sh --erofs-utils)";
+  std::string kernel(3U << 20U, '\0');
+  for (size_t i = 0; i < kernel.size(); ++i) kernel[i] = static_cast<char>((i * 40503U) >> 8U);
+  ASSERT_TRUE(write_file(dir_ / "src/.boot/kernel", kernel));
+  const std::string meta = dir_ / "layer.erofs", blob = dir_ / "blob0";
+  ASSERT_TRUE(write_file(blob, ""));
+  const auto made = run("'" + mkfs + "' --chunksize=4096 --blobdev='" + blob + "' '" + meta +
+                        "' '" + (dir_ / "src") + "' 2>&1");
+  ASSERT_EQ(made.status, 0) << made.output;
+  {
+    auto mount = mount_detached({Mount{"erofs", meta, "", {"ro", "loop", "device=" + blob}}});
+    ASSERT_TRUE(mount) << mount.error().to_string();
+    EXPECT_TRUE(read_at(mount->root_fd(), ".boot/kernel") == kernel);
+    EXPECT_NE(loops_of(meta, false), "");
+    EXPECT_NE(loops_of(blob, false), "");
+    expect_invisible(*mount);
+  }
+  EXPECT_EQ(loops_of(meta, true), "") << "loop device left behind";
+  EXPECT_EQ(loops_of(blob, true), "") << "loop device left behind";
+}
+
 TEST_F(DetachedMountTest, MoveAssignReleasesTheOldMount) {
   if (!have("mkfs.ext4")) GTEST_SKIP() << "mkfs.ext4 not installed";
   ASSERT_TRUE(write_file(dir_ / "a/file", "a"));
@@ -265,14 +447,11 @@ TEST_F(DetachedMountTest, MissingSources) {
 }
 
 // No system access: runs as any user.
-TEST(MountCount, ExactlyOneMountIsSupported) {
+TEST(MountCount, AViewWithoutMountsIsRefused) {
   auto none = mount_detached({});
   ASSERT_FALSE(none);
   EXPECT_EQ(none.error().kind, ErrorKind::invalid);
-  EXPECT_EQ(none.error().message, "the view has 0 mounts; exactly one is supported");
-  auto two = mount_detached({Mount{"bind", "/a", "", {}}, Mount{"bind", "/b", "", {}}});
-  ASSERT_FALSE(two);
-  EXPECT_EQ(two.error().message, "the view has 2 mounts; exactly one is supported");
+  EXPECT_EQ(none.error().message, "the view has no mounts");
   auto bad = mount_detached({Mount{"tmpfs", "tmpfs", "", {}}});
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().kind, ErrorKind::invalid);

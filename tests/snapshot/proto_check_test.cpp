@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -409,23 +411,37 @@ TEST(ProtoCheckParser, CompareReportsEveryKindOfDifference) {
   EXPECT_TRUE(compare(real, real).empty());
 }
 
-TEST(ProtoCheck, OwnFilesAreASubsetOfContainerdApi) {
-  if (!fs::is_directory(kReal)) {
-    GTEST_SKIP() << "containerd's .proto files are not at " << kReal
-                 << " (install golang-github-containerd-containerd-dev)";
-  }
+// containerd 2.x moved the events service's Envelope to types/event.proto
+// (containerd.types.Envelope), fields unchanged; ours keeps 1.6's layout.
+// Fold the moved message back into the service's file so that one .proto
+// is checked against both lines (the bytes on the wire are the same).
+void fold_moved_envelope(const fs::path& real_dir, const fs::path& relative, ProtoFile& real) {
+  if (relative != fs::path("services/events/v1/events.proto") || real.messages.contains("Envelope"))
+    return;
+  const auto text = read_text(real_dir / "types/event.proto");
+  if (!text) return;
+  const ProtoFile types = parse_text(*text);
+  if (types.package != "containerd.types" || !types.messages.contains("Envelope")) return;
+  real.messages["Envelope"] = types.messages.at("Envelope");
+  for (auto& [name, rpc] : real.rpcs)
+    if (rpc.response == "containerd.types.Envelope") rpc.response = "Envelope";
+}
+
+// Every file of ours is a subset of the same file under `real`.
+void expect_subset_of(const fs::path& real_dir) {
   const auto files = our_files();
   ASSERT_GE(files.size(), 5U) << "no .proto files under " << kOurs;
   for (const auto& relative : files) {
     SCOPED_TRACE(relative.string());
     const auto ours_text = read_text(kOurs / relative);
     ASSERT_TRUE(ours_text);
-    const auto real_text = read_text(kReal / relative);
-    ASSERT_TRUE(real_text) << "containerd has no " << (kReal / relative);
+    const auto real_text = read_text(real_dir / relative);
+    ASSERT_TRUE(real_text) << "containerd has no " << (real_dir / relative);
     ProtoFile ours;
     ProtoFile real;
     ASSERT_NO_THROW(ours = parse_text(*ours_text));
     ASSERT_NO_THROW(real = parse_text(*real_text));
+    fold_moved_envelope(real_dir, relative, real);
     EXPECT_FALSE(ours.messages.empty());
     // A parser that silently read less than it should would make the check
     // vacuous; the real file always defines at least what we do.
@@ -435,6 +451,40 @@ TEST(ProtoCheck, OwnFilesAreASubsetOfContainerdApi) {
   }
 }
 
+// Debian 12's containerd 1.6 API (golang-github-containerd-containerd-dev).
+TEST(ProtoCheck, OwnFilesAreASubsetOfContainerdApi) {
+  if (!fs::is_directory(kReal)) {
+    GTEST_SKIP() << "containerd's .proto files are not at " << kReal
+                 << " (install golang-github-containerd-containerd-dev)";
+  }
+  expect_subset_of(kReal);
+}
+
+// The 2.x API (sid's golang-github-containerd-containerd-api-dev, fetched
+// and cached by scripts/fetch-containerd.sh --api-protos), so that the one
+// client speaks to both lines.
+TEST(ProtoCheck, OwnFilesAreASubsetOfContainerd2xApi) {
+  std::string dir;
+  if (const char* env = std::getenv("URUNC_BOOTFS_CONTAINERD_API2_DIR")) {
+    dir = env;
+  } else {
+    const std::string fetch = URUNC_BOOTFS_FETCH_SCRIPT;
+    FILE* out = ::popen(("'" + fetch + "' --api-protos 2>&1").c_str(), "r");
+    ASSERT_NE(out, nullptr);
+    std::string text;
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, out) != nullptr) text += buf;
+    const int status = ::pclose(out);
+    const auto at = text.find("API_PROTOS=");
+    if (status != 0 || at == std::string::npos) {
+      GTEST_SKIP() << "the containerd 2.x API protos could not be fetched: " << text;
+    }
+    dir = text.substr(at + 11, text.find('\n', at) - at - 11);
+  }
+  ASSERT_TRUE(fs::is_directory(fs::path(dir) / "services")) << dir;
+  expect_subset_of(dir);
+}
+
 TEST(ProtoCheck, ExpectedCallsAreDefined) {
   std::map<std::string, Rpc> rpcs;
   for (const auto& relative : our_files()) {
@@ -442,12 +492,14 @@ TEST(ProtoCheck, ExpectedCallsAreDefined) {
     ASSERT_TRUE(text);
     for (auto& [name, rpc] : parse_text(*text).rpcs) rpcs[name] = rpc;
   }
-  for (const char* name : {"Snapshots.Stat", "Snapshots.View", "Snapshots.Mounts",
-                           "Snapshots.Remove", "Snapshots.List", "Leases.Create", "Leases.Delete",
-                           "Leases.List", "Containers.Get", "Namespaces.List"}) {
+  for (const char* name :
+       {"Snapshots.Stat", "Snapshots.View", "Snapshots.Mounts", "Snapshots.Remove",
+        "Snapshots.List", "Leases.Create", "Leases.Delete", "Leases.List", "Containers.Get",
+        "Namespaces.List", "Events.Subscribe"}) {
     EXPECT_EQ(rpcs.count(name), 1U) << name;
   }
   EXPECT_TRUE(rpcs.at("Snapshots.List").server_stream);
+  EXPECT_TRUE(rpcs.at("Events.Subscribe").server_stream);
 }
 
 }  // namespace

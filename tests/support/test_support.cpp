@@ -449,6 +449,14 @@ bool is_root() {
   return ::geteuid() == 0;
 }
 
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(line);
+  return out;
+}
+
 std::map<std::string, std::string> parse_key_values(std::string_view text) {
   std::map<std::string, std::string> kv;
   while (!text.empty()) {
@@ -590,10 +598,29 @@ TempDir containerd_tempdir() {
 
 PrivateContainerd::PrivateContainerd() : PrivateContainerd(Options{}) {}
 
-PrivateContainerd::PrivateContainerd(Options opts) : opts_(opts), tmp_(containerd_tempdir()) {
+namespace {
+PrivateContainerd::Options with_btrfs(bool btrfs) {
+  PrivateContainerd::Options opts;
+  opts.btrfs = btrfs;
+  return opts;
+}
+}  // namespace
+
+PrivateContainerd::PrivateContainerd(bool btrfs) : PrivateContainerd(with_btrfs(btrfs)) {}
+
+PrivateContainerd::PrivateContainerd(Options opts)
+    : opts_(std::move(opts)), tmp_(containerd_tempdir()) {
   dir_ = tmp_.path() / "ctrd";
-  std::vector<std::string> argv{script_path("containerd-env.sh").string(), "start"};
+  std::vector<std::string> argv{"env"};
+  if (!opts_.bin_dir.empty()) {
+    argv.push_back("CONTAINERD_BIN=" + (opts_.bin_dir / "containerd").string());
+    argv.push_back("CTR_BIN=" + (opts_.bin_dir / "ctr").string());
+  }
+  argv.push_back(script_path("containerd-env.sh").string());
+  argv.emplace_back("start");
   if (opts_.btrfs) argv.emplace_back("--btrfs");
+  if (opts_.blockfile) argv.emplace_back("--blockfile");
+  if (!opts_.mkfs_erofs.empty()) argv.insert(argv.end(), {"--erofs", opts_.mkfs_erofs});
   // If this process dies without its destructors (a sanitizer abort, a
   // SIGKILL), the script's watcher stops the instance.
   argv.insert(argv.end(), {"--owner", std::to_string(::getpid()), dir_.string()});
@@ -634,7 +661,9 @@ std::string PrivateContainerd::log() const {
 
 RunResult PrivateContainerd::ctr(const std::vector<std::string>& args, std::string_view stdin_data,
                                  std::chrono::milliseconds timeout) const {
-  std::vector<std::string> argv{"ctr", "--address", socket_};
+  std::vector<std::string> argv{
+      opts_.bin_dir.empty() ? std::string("ctr") : (opts_.bin_dir / "ctr").string(), "--address",
+      socket_};
   argv.insert(argv.end(), args.begin(), args.end());
   return run(argv, stdin_data, timeout);
 }
@@ -644,6 +673,78 @@ RunResult PrivateContainerd::ctr_ns(std::string_view ns,
   std::vector<std::string> a{"-n", std::string(ns)};
   a.insert(a.end(), args.begin(), args.end());
   return ctr(a);
+}
+
+RunResult PrivateContainerd::import_image(std::string_view ns, std::string_view snapshotter,
+                                          const fs::path& tar) const {
+  std::vector<std::string> args{"images", "import"};
+  if (!opts_.bin_dir.empty() && opts_.bin_dir != "/usr/bin") args.emplace_back("--local");
+  args.insert(args.end(), {"--snapshotter", std::string(snapshotter), tar.string()});
+  return ctr_ns(ns, args);
+}
+
+// ===================================================== containerd releases
+
+std::vector<std::string> ContainerdRelease::snapshotters() const {
+  std::vector<std::string> out = {"overlayfs", "native", "btrfs"};
+  if (line != "1.6") out.emplace_back("blockfile");
+  if (line == "2.x") out.emplace_back("erofs");
+  return out;
+}
+
+namespace {
+std::string last_line(const std::string& text) {
+  std::string_view out = text;
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.remove_suffix(1);
+  if (size_t nl = out.rfind('\n'); nl != std::string_view::npos) out.remove_prefix(nl + 1);
+  return std::string(out);
+}
+}  // namespace
+
+const ContainerdRelease& containerd_release(std::string_view line) {
+  static std::map<std::string, ContainerdRelease, std::less<>> cache;
+  if (auto it = cache.find(line); it != cache.end()) return it->second;
+  ContainerdRelease rel;
+  rel.line = std::string(line);
+  if (line == "1.6") {
+    rel.bin_dir = "/usr/bin";
+    rel.version = "Debian 12";
+    if (!have_program("/usr/bin/containerd")) rel.skip = "containerd not installed (/usr/bin)";
+  } else if (!is_root()) {
+    rel.skip = "needs root (fetching containerd into the cache)";
+  } else {
+    RunResult r = run({script_path("fetch-containerd.sh").string(), std::string(line)}, {},
+                      std::chrono::minutes(5));
+    auto kv = parse_key_values(r.out);
+    const std::string value = kv[std::string(line)];
+    const auto space = value.find(' ');
+    if (!r.ok() || space == std::string::npos) {
+      rel.skip = "containerd " + std::string(line) +
+                 " could not be fetched (scripts/fetch-containerd.sh: " + last_line(r.err) + ")";
+    } else {
+      rel.version = value.substr(0, space);
+      rel.bin_dir = fs::path(value.substr(space + 1)) / "usr/bin";
+    }
+  }
+  return cache.emplace(rel.line, std::move(rel)).first->second;
+}
+
+std::string mkfs_erofs(std::string* why) {
+  static std::string path, reason;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    RunResult r = run({script_path("fetch-containerd.sh").string(), "--erofs-utils"}, {},
+                      std::chrono::minutes(10));
+    path = parse_key_values(r.out)["MKFS_EROFS"];
+    if (!r.ok() || path.empty())
+      reason =
+          "mkfs.erofs 1.8 could not be built from Debian trixie's erofs-utils source "
+          "(scripts/fetch-containerd.sh --erofs-utils: " +
+          last_line(r.err) + ")";
+  }
+  if (why) *why = reason;
+  return path;
 }
 
 bool PrivateContainerd::stop() {
@@ -794,6 +895,19 @@ std::vector<std::string> loop_devices_backed_by(std::string_view path_prefix) {
   return out;
 }
 
+int fuse_connections(pid_t pid) {
+  std::error_code ec;
+  int n = 0;
+  const auto dir = std::filesystem::path("/proc") / std::to_string(pid) / "fd";
+  std::filesystem::directory_iterator it(dir, ec);
+  if (ec) return -1;
+  for (const auto& entry : it) {
+    std::error_code link_ec;
+    if (std::filesystem::read_symlink(entry.path(), link_ec) == "/dev/fuse") ++n;
+  }
+  return n;
+}
+
 int count_fds(pid_t pid) {
   std::error_code ec;
   fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec);
@@ -819,7 +933,17 @@ bool pid_alive(pid_t pid) {
   size_t close = stat.rfind(')');
   if (close == std::string::npos || close + 2 >= stat.size()) return false;
   char state = stat[close + 2];
-  return state != 'Z' && state != 'X' && state != 'x';
+  if (state != 'Z' && state != 'X' && state != 'x') return true;
+  // A killed process's leader turns zombie while its other threads are
+  // still exiting, and its fds (a daemon's listening socket) close only
+  // with the last of them: until then it is not gone.
+  std::size_t threads = 0;
+  if (DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/task").c_str())) {
+    while (const dirent* ent = ::readdir(d))
+      if (ent->d_name[0] != '.') ++threads;
+    ::closedir(d);
+  }
+  return threads > 1;
 }
 
 std::vector<pid_t> pids_with_cmdline_containing(std::string_view needle) {

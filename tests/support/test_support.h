@@ -49,6 +49,9 @@ RunResult run(const std::vector<std::string>& argv, std::string_view stdin_data 
 bool have_program(std::string_view name);
 bool is_root();
 
+// The non-empty lines of `text` (ctr's listings).
+std::vector<std::string> lines_of(const std::string& text);
+
 // Parses "KEY=VALUE" lines (as printed by scripts/make-*-image.sh); lines
 // without '=' are ignored; a later key wins.
 std::map<std::string, std::string> parse_key_values(std::string_view text);
@@ -94,6 +97,36 @@ class TempDir {
 // Returns how many were unmounted.
 int unmount_beneath(const std::filesystem::path& dir) noexcept;
 
+// ------------------------------------------------------ containerd releases
+
+// A containerd release line the tiers run against: Debian 12's own 1.6
+// (/usr/bin), or a later Debian release's 1.7 / 2.x that
+// scripts/fetch-containerd.sh caches under $URUNC_BOOTFS_CACHE.
+struct ContainerdRelease {
+  std::string line;               // "1.6", "1.7", "2.x"
+  std::string version;            // Debian version, e.g. "2.1.9+ds1-5"
+  std::filesystem::path bin_dir;  // holds containerd, ctr, containerd-shim-runc-v2
+  std::string skip;               // why it cannot be had here (empty if it can)
+  [[nodiscard]] std::filesystem::path containerd() const { return bin_dir / "containerd"; }
+  [[nodiscard]] std::filesystem::path ctr() const { return bin_dir / "ctr"; }
+  // Snapshotters this line offers here: overlayfs, native, btrfs; blockfile
+  // from 1.7; erofs from 2.x.
+  [[nodiscard]] std::vector<std::string> snapshotters() const;
+  // 1.7 and later import a local OCI tar only with --local.
+  [[nodiscard]] bool import_needs_local() const { return line != "1.6"; }
+};
+
+// The release of `line` ("1.6", "1.7", "2.x"): fetched (once per process,
+// through scripts/fetch-containerd.sh, which downloads only what is not
+// cached yet) or with `skip` saying why not.
+const ContainerdRelease& containerd_release(std::string_view line);
+inline const std::vector<std::string> kContainerdLines = {"1.6", "1.7", "2.x"};
+
+// mkfs.erofs 1.8 or later for the erofs differ (built once by
+// scripts/fetch-containerd.sh --erofs-utils, cached), or empty with the reason
+// in `why`.
+std::string mkfs_erofs(std::string* why = nullptr);
+
 // --------------------------------------------------------- PrivateContainerd
 
 // A containerd of its own, started by scripts/containerd-env.sh in a TempDir
@@ -101,7 +134,11 @@ int unmount_beneath(const std::filesystem::path& dir) noexcept;
 class PrivateContainerd {
  public:
   struct Options {
-    bool btrfs = false;  // also make a btrfs loop filesystem for the btrfs snapshotter
+    bool btrfs = false;      // also make a btrfs loop filesystem for the btrfs snapshotter
+    bool blockfile = false;  // an ext4 scratch image for the blockfile snapshotter
+    std::string mkfs_erofs;  // non-empty: the erofs differ runs this mkfs.erofs
+    // The release to run; empty: Debian 12's /usr/bin/containerd and ctr.
+    std::filesystem::path bin_dir;
     std::chrono::milliseconds start_timeout{std::chrono::seconds{60}};
   };
 
@@ -111,7 +148,7 @@ class PrivateContainerd {
 
   PrivateContainerd();  // Options{}
   explicit PrivateContainerd(Options opts);
-  explicit PrivateContainerd(bool btrfs) : PrivateContainerd(Options{.btrfs = btrfs}) {}
+  explicit PrivateContainerd(bool btrfs);
   ~PrivateContainerd();
   PrivateContainerd(const PrivateContainerd&) = delete;
   PrivateContainerd& operator=(const PrivateContainerd&) = delete;
@@ -124,6 +161,10 @@ class PrivateContainerd {
   [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
   [[nodiscard]] pid_t pid() const { return pid_; }
   [[nodiscard]] bool btrfs() const { return opts_.btrfs; }
+  [[nodiscard]] const Options& options() const { return opts_; }
+  // ctr images import [--local] --snapshotter NAME TAR in namespace `ns`.
+  [[nodiscard]] RunResult import_image(std::string_view ns, std::string_view snapshotter,
+                                       const std::filesystem::path& tar) const;
   [[nodiscard]] bool running() const;
   // Contents of containerd.log (diagnostics).
   [[nodiscard]] std::string log() const;
@@ -201,10 +242,14 @@ std::vector<std::string> loop_devices_backed_by(std::string_view path_prefix);
 
 // Entries in /proc/PID/fd, or -1 if unreadable.
 int count_fds(pid_t pid);
+// Descriptors of PID open on /dev/fuse (its FUSE connections), or -1.
+int fuse_connections(pid_t pid);
 // VmRSS of PID in KiB, or -1 if unreadable.
 long rss_kib(pid_t pid);
 // True if PID exists and is not a zombie (PID 1 here does not always reap
-// orphans, so a killed daemon can linger as a zombie: that counts as dead).
+// orphans, so a killed daemon can linger as a zombie: that counts as dead),
+// or is a zombie leader whose other threads are still exiting (its fds are
+// not closed yet).
 bool pid_alive(pid_t pid);
 // Live PIDs whose NUL-joined-with-spaces command line contains `needle`.
 std::vector<pid_t> pids_with_cmdline_containing(std::string_view needle);

@@ -16,13 +16,15 @@ TEST(State, JsonRoundTrip) {
   s.source_kind = "containerd";
   s.containerd =
       ContainerdState{"/sock",          "default",        "c1",          "overlayfs", "sha256:abc",
-                      "urunc-bootfs/v", "urunc-bootfs/l", {"bind /x ro"}};
+                      "urunc-bootfs/v", "urunc-bootfs/l", {"bind /x ro"}, std::nullopt,
+                      "events"};
   s.artifacts.push_back({"/k", "kernel", "/boot/k", 10, 0644});
   s.phase = "serving";
   auto back = state_from_json(to_json(s));
   ASSERT_TRUE(back);
   EXPECT_EQ(back->daemon, s.daemon);
   EXPECT_EQ(back->containerd->lease_id, "urunc-bootfs/l");
+  EXPECT_EQ(back->containerd->located_by, "events");
   EXPECT_EQ(back->artifacts[0].resolved, "/boot/k");
   EXPECT_FALSE(state_from_json(nlohmann::json::object()));
 }

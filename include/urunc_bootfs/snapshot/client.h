@@ -14,6 +14,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -43,6 +44,32 @@ struct ClientOptions {
 // scheme ("unix:", "unix-abstract:", "dns:", ...).
 [[nodiscard]] std::string grpc_target(std::string_view address);
 
+// A container's event as containerd publishes it.
+struct ContainerEvent {
+  enum class Kind { created, updated, deleted };
+  Kind kind = Kind::created;
+  std::string ns;
+  std::string id;
+  std::string runtime;  // created: the container's runtime ("io.containerd.urunc.v2")
+};
+
+// A subscription to containerd's container events (Client::watch_containers),
+// read on a thread of its own. Dropping it cancels the stream and joins that
+// thread.
+class EventWatch {
+ public:
+  struct State;
+  explicit EventWatch(std::unique_ptr<State> state);
+  ~EventWatch();
+  EventWatch(const EventWatch&) = delete;
+  EventWatch& operator=(const EventWatch&) = delete;
+  EventWatch(EventWatch&&) = delete;
+  EventWatch& operator=(EventWatch&&) = delete;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
 class Client {
  public:
   // Fails with ErrorKind::unavailable, naming the address, when the socket is
@@ -60,12 +87,38 @@ class Client {
   [[nodiscard]] std::unique_ptr<Client> with_namespace(std::string ns) const;
   [[nodiscard]] const std::string& ns() const;
   [[nodiscard]] const std::string& address() const;
+  // The channel failed to reach containerd (it went away, or restarts):
+  // calls would fail at once. A long-lived user connects anew.
+  [[nodiscard]] bool broken() const;
 
   // Containers.Get.
   [[nodiscard]] Result<ContainerInfo> get_container(std::string_view id);
 
+  // Containers.List; filters as for list_snapshots (`runtime.name==...`).
+  [[nodiscard]] Result<std::vector<ContainerInfo>> list_containers(
+      const std::vector<std::string>& filters = {});
   // Snapshots.Stat.
   [[nodiscard]] Result<SnapshotInfo> stat(std::string_view snapshotter, std::string_view key);
+  // A Snapshots.Stat in flight, so that a caller can overlap it with
+  // another call; get() waits for its answer. Dropped unanswered, it is
+  // cancelled (and waited for).
+  class PendingStat {
+   public:
+    PendingStat(PendingStat&&) noexcept;
+    // No assignment: it would drop a call in flight without waiting for it.
+    PendingStat& operator=(PendingStat&&) = delete;
+    PendingStat(const PendingStat&) = delete;
+    PendingStat& operator=(const PendingStat&) = delete;
+    ~PendingStat();
+    [[nodiscard]] Result<SnapshotInfo> get();
+
+   private:
+    friend class Client;
+    struct Call;
+    explicit PendingStat(std::unique_ptr<Call> call);
+    std::unique_ptr<Call> call_;
+  };
+  [[nodiscard]] PendingStat start_stat(std::string_view snapshotter, std::string_view key);
   // Snapshots.View: a read-only snapshot `key` of committed `parent`. With a
   // non-empty lease_id the view belongs to that lease from its creation on.
   [[nodiscard]] Result<std::vector<Mount>> view(std::string_view snapshotter, std::string_view key,
@@ -91,10 +144,26 @@ class Client {
   [[nodiscard]] Result<std::vector<Lease>> list_leases(
       const std::vector<std::string>& filters = {});
 
+  // Events.Subscribe to /containers/create, /update and /delete of every
+  // namespace, on this client's channel. `on_subscribed` runs on the
+  // watch's thread each time the subscription has been sent (what existed
+  // before can be listed then), `on_event` for each event, in containerd's
+  // order. When the stream breaks (containerd stopped or restarts) `on_gap`
+  // runs there: events may be missed until the watch, waiting for the
+  // channel to be ready again, subscribes anew (it keeps doing so until
+  // dropped).
+  struct WatchCallbacks {
+    std::function<void()> on_subscribed;
+    std::function<void(const ContainerEvent&)> on_event;
+    std::function<void()> on_gap;
+  };
+  [[nodiscard]] std::unique_ptr<EventWatch> watch_containers(WatchCallbacks callbacks) const;
+
   // Namespaces.List (needs no namespace).
   [[nodiscard]] Result<std::vector<std::string>> list_namespaces();
 
  private:
+  friend class EventWatch;
   struct Connection;
   Client(std::shared_ptr<Connection> connection, std::string ns, std::chrono::milliseconds timeout);
 

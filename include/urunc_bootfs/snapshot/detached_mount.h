@@ -13,7 +13,11 @@
 //     atomically when the mount is created, whatever the spec says;
 //   - an image file is attached to a loop device that is read-only and
 //     autoclear, so the device detaches once the mount and the LoopDevice are
-//     gone, even after a crash;
+//     gone, even after a crash; it reads the file with direct I/O where the
+//     backing filesystem allows, so the file's pages are not cached a second
+//     time beside the loop device's;
+//   - an ext4 image that asks for journal recovery is mounted with noload
+//     (a read-only device cannot replay it), with a logged warning;
 //   - a failed mount_detached() leaves nothing behind: no loop device, no
 //     mount, no fd;
 //   - destruction closes the mount first, then the loop device, so the device
@@ -49,13 +53,20 @@ class LoopDevice {
 
   [[nodiscard]] const std::string& path() const { return path_; }
   [[nodiscard]] int fd() const { return fd_.get(); }
+  // True when the device reads the image with direct I/O (the normal case);
+  // false when the backing filesystem refused it (a warning was logged).
+  [[nodiscard]] bool direct_io() const { return direct_io_; }
 
  private:
+  // LO_FLAGS_DIRECT_IO in LOOP_CONFIGURE, else LOOP_SET_DIRECT_IO, else
+  // buffered with a logged warning.
+  void enable_direct_io(const std::string& image);
   static Result<LoopDevice> configure(int control_fd, int file_fd, const std::string& image);
   LoopDevice(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
 
   UniqueFd fd_;
   std::string path_;
+  bool direct_io_ = false;
 };
 
 class DetachedMount {
@@ -72,24 +83,35 @@ class DetachedMount {
   [[nodiscard]] const MountPlan& plan() const { return plan_; }
   // "/dev/loopN" when the mount sits on a loop device this object owns.
   [[nodiscard]] std::string loop_device() const { return loop_ ? loop_->path() : std::string(); }
+  [[nodiscard]] bool loop_direct_io() const { return loop_ && loop_->direct_io(); }
 
  private:
   friend Result<DetachedMount> mount_planned(const MountPlan& plan);
+  friend Result<DetachedMount> mount_detached(const std::vector<Mount>& mounts);
   DetachedMount(MountPlan plan, std::optional<LoopDevice> loop, UniqueFd root)
       : plan_(std::move(plan)), loop_(std::move(loop)), root_(std::move(root)) {}
 
   MountPlan plan_;
+  // Loop devices of a stack's "loop" entries and of erofs device= blobs:
+  // released after everything mounted on them.
+  std::vector<LoopDevice> extra_loops_;
   // Declared before root_ so that it is destroyed after it: the superblock
   // drops the device first, our close is then the last one and autoclear
   // detaches the device before the destructor returns (were the superblock
   // last, the detach would happen whenever its teardown finishes).
   std::optional<LoopDevice> loop_;
+  // The mounts of a stack below this one (containerd 2.2 forms), reached
+  // by this one's templates through /proc/self/fd/N; closed after root_.
+  std::vector<DetachedMount> lower_;
   UniqueFd root_;
 };
 
-// Mounts the (single) Mount a View returned. More or fewer than one is
-// ErrorKind::invalid naming the count: no snapshotter urunc-bootfs supports
-// returns a mount stack for a view.
+// Mounts what a View returned: one Mount, or (containerd 2.2) a stack whose
+// entries use the forms of mount_spec.h (transformers, templates, "loop").
+// Each entry is mounted detached; an entry's {{ mount N }} is
+// /proc/self/fd/<fd of entry N's root>, which only this process can reach
+// and which no mount table lists. The last entry is the view. No mounts is
+// ErrorKind::invalid.
 [[nodiscard]] Result<DetachedMount> mount_detached(const std::vector<Mount>& mounts);
 
 // Mounts an already validated plan (mount_detached = plan_mount + this).

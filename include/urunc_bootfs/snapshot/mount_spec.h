@@ -46,4 +46,50 @@ struct MountPlan {
 
 [[nodiscard]] Result<MountPlan> plan_mount(const Mount& mount);
 
+// ---------------------------------------------- containerd 2.2 mount forms
+//
+// From containerd 2.2 a snapshotter may return a stack of mounts whose types
+// carry transformer prefixes (containerd's docs/mounts.md):
+// "<transformer>/.../<type>", with transformers
+//   format/  the source, target and options are templates filled in from the
+//            mounts before this one: {{ source N }}, {{ target N }},
+//            {{ mount N }} (where mount N is mounted) and {{ overlay A B }}
+//            (the mount points of A through B joined with ':', descending
+//            when A > B);
+//   mkdir/   creates the directories named by X-containerd.mkdir.path
+//            options (an overlay's upper and work dirs);
+//   mkfs/    creates and formats a filesystem image (X-containerd.mkfs.*);
+// and the mount type "loop" (a loop device for the source file; its
+// {{ source N }} is the device). urunc-bootfs mounts a view read-only and
+// writes nothing: mkdir/ paths are checked and left uncreated (only a
+// writable overlay needs them, and that is refused anyway), mkfs/ is
+// refused. Anything else not understood (a transformer, a template, an
+// X-containerd.* option) is ErrorKind::invalid naming it.
+
+// What a mounted entry of a stack gives the templates of later entries.
+struct ActiveMount {
+  std::string source;       // the mount's source (a loop device for "loop")
+  std::string target;       // the Mount's target field
+  std::string mount_point;  // where its root can be reached; empty for "loop"
+};
+
+struct MountForm {
+  std::vector<std::string> transformers;  // in the order written: {"format", "mkdir"}
+  std::string type;                       // the mount type left: "overlay", "loop", ...
+};
+
+// Splits "format/mkdir/overlay"; an unknown transformer is refused.
+[[nodiscard]] Result<MountForm> split_mount_type(std::string_view type);
+
+// Fills in the {{ ... }} templates of `text` from `previous` (the entries
+// before this one, index 0 first).
+[[nodiscard]] Result<std::string> expand_templates(std::string_view text,
+                                                   const std::vector<ActiveMount>& previous);
+
+// Applies the transformers of a stack entry and returns the plain Mount
+// (its type without prefixes) that is then planned with plan_mount() or,
+// for "loop", attached. X-containerd.* options are consumed here.
+[[nodiscard]] Result<Mount> transform_mount(const Mount& mount,
+                                            const std::vector<ActiveMount>& previous);
+
 }  // namespace urunc::bootfs::snapshot

@@ -5,7 +5,7 @@
 #include "source.h"
 #include "urunc_bootfs/unique_fd.h"
 
-namespace urunc::bootfs::cli {
+namespace urunc::bootfs::daemon {
 namespace {
 
 class DirSource final : public Source {
@@ -38,4 +38,4 @@ Result<std::unique_ptr<Source>> open_dir_source(const std::string& dir) {
   return std::unique_ptr<Source>(new DirSource(canonical.string(), std::move(fd)));
 }
 
-}  // namespace urunc::bootfs::cli
+}  // namespace urunc::bootfs::daemon

@@ -1,0 +1,118 @@
+#include "cleanup.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/mount.h>
+#include <sys/statfs.h>
+
+#include <set>
+
+#include "urunc_bootfs/namespaces.h"
+#include "urunc_bootfs/process.h"
+#include "urunc_bootfs/snapshot/client.h"
+#include "urunc_bootfs/snapshot/owner.h"
+#include "views.h"
+
+namespace urunc::bootfs::daemon {
+
+Status collect_garbage(snap::Client& client, bool dry_run, std::vector<std::string>* report) {
+  const std::string filter = "labels.\"" + std::string(snap::kOwnerLabel) + "\"";
+  auto leases = client.list_leases({filter});
+  if (!leases) return std::unexpected(std::move(leases).error().at("list leases"));
+  for (const auto& lease : *leases) {
+    const auto label = lease.labels.find(std::string(snap::kOwnerLabel));
+    if (label == lease.labels.end()) continue;
+    auto owner = snap::parse_owner(label->second);
+    // An owner label we cannot read is not ours to judge.
+    if (!owner || snap::owner_alive(*owner)) continue;
+    auto value = [&](std::string_view key) {
+      auto it = lease.labels.find(std::string(key));
+      return it == lease.labels.end() ? std::string() : it->second;
+    };
+    const std::string view = value(snap::kViewLabel);
+    const std::string snapshotter = value(snap::kSnapshotterLabel);
+    std::string line = (dry_run ? "would remove lease " : "removed lease ") + lease.id;
+    if (!view.empty())
+      line.append(" and view ").append(view).append(" (").append(snapshotter).append(")");
+    line.append(" in namespace ").append(client.ns()).append(": owner pid ");
+    line.append(std::to_string(owner->pid)).append(" is gone");
+    if (!dry_run) {
+      if (!view.empty() && !snapshotter.empty()) {
+        auto removed = client.remove(snapshotter, view);
+        if (!removed && removed.error().kind != ErrorKind::not_found)
+          return std::unexpected(std::move(removed).error().at("remove view " + view));
+      }
+      auto deleted = client.delete_lease(lease.id, true);
+      if (!deleted && deleted.error().kind != ErrorKind::not_found)
+        return std::unexpected(std::move(deleted).error().at("delete lease " + lease.id));
+    }
+    if (report != nullptr) report->push_back(std::move(line));
+  }
+  return {};
+}
+
+namespace {
+
+#ifndef FUSE_SUPER_MAGIC
+#define FUSE_SUPER_MAGIC 0x65735546
+#endif
+
+// A FUSE mount whose daemon died answers ENOTCONN (ECONNABORTED once the
+// connection was aborted). Anything else at the path is not ours to touch.
+Status unmount_dead_fuse(const cli::MountState& state) {
+  std::optional<UniqueFd> ns;
+  if (state.mount_ns != 0 && state.mount_ns != cli::own_mount_ns()) {
+    ns = find_mount_ns(state.mount_ns);
+    // No process lives in that namespace any more: it is gone, and every
+    // mount in it with it.
+    if (!ns) return {};
+  }
+  return in_mount_ns(ns && *ns ? ns->get() : -1, [&]() -> Status {
+    struct statfs sfs {};
+    if (::statfs(state.mountpoint.c_str(), &sfs) == 0 ||
+        (errno != ENOTCONN && errno != ECONNABORTED))
+      return {};
+    if (::umount2(state.mountpoint.c_str(), MNT_DETACH) != 0 && errno != EINVAL)
+      return std::unexpected(errno_error(errno, "cannot unmount " + state.mountpoint));
+    return {};
+  });
+}
+
+}  // namespace
+
+Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state) {
+  UB_TRY(unmount_dead_fuse(state));
+  if (state.containerd) {
+    const auto& cd = *state.containerd;
+    auto client = clients.get(cd.address, cd.ns, std::chrono::seconds(10));
+    if (!client) return std::unexpected(std::move(client).error());
+    if (auto released = release_recorded(**client, cd); !released) {
+      cli::MountState failed = state;
+      failed.phase = "release-failed";
+      failed.last_error = released.error().to_string();
+      (void)save_state(failed);
+      return std::unexpected(std::move(released).error());
+    }
+    // A lease made just before the owner died, not yet in the record.
+    if (auto collected = collect_garbage(**client, false, nullptr); !collected)
+      spdlog::warn("gc in namespace {}: {}", cd.ns, collected.error().to_string());
+  }
+  cli::remove_state(state.mountpoint, state.mount_ns);
+  return {};
+}
+
+std::vector<std::string> recover(ClientPool& clients) {
+  std::vector<std::string> report;
+  auto states = cli::list_states();
+  if (!states) return {"cannot list state files: " + states.error().to_string()};
+  for (const auto& state : *states) {
+    if (cli::held_by_live_daemon(state)) continue;
+    if (auto cleaned = cleanup_dead_state(clients, state); !cleaned)
+      report.push_back("could not clean " + state.mountpoint + ": " + cleaned.error().to_string());
+    else
+      report.push_back("cleaned " + state.mountpoint + " (daemon pid " +
+                       std::to_string(state.daemon.pid) + " is gone)");
+  }
+  return report;
+}
+
+}  // namespace urunc::bootfs::daemon

@@ -1,0 +1,38 @@
+// Finding and removing what dead owners left: their FUSE mounts, their
+// leases and views in containerd, their state files.
+//
+// An owner is dead when the process its records name (boot id, pid, start
+// time) no longer runs. A host daemon that starts runs recover() before it
+// accepts a request, so a kill -9 of its predecessor loses nothing.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "state.h"
+#include "urunc_bootfs/error.h"
+
+namespace urunc::bootfs::snapshot {
+class Client;
+}
+
+namespace urunc::bootfs::daemon {
+
+class ClientPool;
+
+// Leases labelled io.urunc.bootfs/owner whose owner is dead, with their
+// views, in the client's namespace. One line per removed (or, with
+// dry_run, removable) lease goes to `report` when it is not null.
+[[nodiscard]] Status collect_garbage(snapshot::Client& client, bool dry_run,
+                                     std::vector<std::string>* report);
+
+// Undoes what one dead mount left: its FUSE mount (only a dead one, in the
+// namespace it lives in, when that still exists), its recorded view and
+// lease, leases of the same dead owner in its namespace, its state file.
+[[nodiscard]] Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state);
+
+// cleanup_dead_state for every record whose owner is dead. Returns one
+// line per record cleaned or not.
+std::vector<std::string> recover(ClientPool& clients);
+
+}  // namespace urunc::bootfs::daemon
