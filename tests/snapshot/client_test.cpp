@@ -203,7 +203,10 @@ TEST_F(ContainerdClient, StatOfMissingKeyIsNotFoundAndSaysWhat) {
 TEST_F(ContainerdClient, AStatStartedEarlyAnswersAsStatDoes) {
   commit_snapshot("early-1", "", {{"f", "x"}});
   const std::string key = unique_key();
-  auto view = client_->view("overlayfs", key, "early-1", {}, "");
+  // No lease: a gc root label keeps containerd's gc (which the commit above
+  // may have scheduled) from taking the view before it is asked about.
+  const Labels root{{"containerd.io/gc.root", "test"}};
+  auto view = client_->view("overlayfs", key, "early-1", root, "");
   ASSERT_TRUE(view) << view.error().to_string();
   auto pending = client_->start_stat("overlayfs", key);
   auto early = pending.get();
