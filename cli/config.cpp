@@ -15,6 +15,12 @@
 namespace urunc::bootfs::cli {
 namespace {
 
+// The file's keys, in the order `urunc-bootfs config` prints them.
+constexpr std::array<const char*, 10> kKeys = {
+    "address",        "namespace",    "log_level", "timeout_ms",
+    "threads",        "passthrough",  "linger_ms", "allowed_mount_options",
+    "watch_runtimes", "view_ahead_ms"};
+
 template <class Range>
 bool contains(const Range& range, std::string_view value) {
   return std::ranges::find(range, value) != std::ranges::end(range);
@@ -70,9 +76,7 @@ Result<long long> integer_value(const nlohmann::json& doc, std::string_view path
 }
 
 void set_defaults_origin(Config& config) {
-  for (const char* key : {"address", "namespace", "log_level", "timeout_ms", "threads",
-                          "passthrough", "linger_ms", "allowed_mount_options", "watch_runtimes"})
-    config.origin.emplace(key, "default");
+  for (const char* key : kKeys) config.origin.emplace(key, "default");
 }
 
 }  // namespace
@@ -89,10 +93,6 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
   auto doc = nlohmann::json::parse(text, nullptr, false);
   if (doc.is_discarded()) return std::unexpected(bad(path, "", "not valid JSON"));
   if (!doc.is_object()) return std::unexpected(bad(path, "", "must be a JSON object"));
-  static constexpr std::array kKeys = {
-      "address",       "namespace",   "log_level", "timeout_ms",
-      "threads",       "passthrough", "linger_ms", "allowed_mount_options",
-      "watch_runtimes"};
   for (const auto& [key, value] : doc.items())
     if (!contains(kKeys, key))
       return std::unexpected(bad(path, key, "unknown key (known: " + joined(kKeys) + ")"));
@@ -132,6 +132,11 @@ Result<Config> parse_config(std::string_view text, std::string_view path) {
     auto v = integer_value(doc, path, "linger_ms", 0, 86400000);
     if (!v) return std::unexpected(v.error());
     config.linger_ms = static_cast<int>(*v);
+  }
+  if (doc.contains("view_ahead_ms")) {
+    auto v = integer_value(doc, path, "view_ahead_ms", 0, 86400000);
+    if (!v) return std::unexpected(v.error());
+    config.view_ahead_ms = static_cast<int>(*v);
   }
   if (doc.contains("passthrough")) {
     auto v = string_value(doc, path, "passthrough");
@@ -229,6 +234,7 @@ nlohmann::json config_to_json(const Config& config) {
       {"linger_ms", config.linger_ms},
       {"allowed_mount_options", config.allowed_mount_options},
       {"watch_runtimes", config.watch_runtimes},
+      {"view_ahead_ms", config.view_ahead_ms},
   };
   nlohmann::json origins = nlohmann::json::object();
   for (const auto& [key, value] : values.items()) origins[key] = origin(key.c_str());
@@ -240,8 +246,7 @@ std::string format_config(const Config& config) {
   const auto doc = config_to_json(config);
   std::string out =
       "config file: " + config.path + (config.loaded ? "" : " (absent: built-in defaults)") + "\n";
-  for (const char* key : {"address", "namespace", "log_level", "timeout_ms", "threads",
-                          "passthrough", "linger_ms", "allowed_mount_options", "watch_runtimes"}) {
+  for (const char* key : kKeys) {
     const auto& v = doc["values"][key];
     std::string text;
     if (v.is_string()) {

@@ -18,7 +18,8 @@
 //     "passthrough": "auto",
 //     "linger_ms": 0,
 //     "allowed_mount_options": ["kernel", "initrd", "bundle", "namespace"],
-//     "watch_runtimes": ["io.containerd.urunc.v2"]
+//     "watch_runtimes": ["io.containerd.urunc.v2"],
+//     "view_ahead_ms": 60000
 //   }
 #pragma once
 
@@ -61,6 +62,10 @@ struct Config {
   // The daemon locates the containers of these runtimes as containerd
   // announces them, ahead of their mounts ("*": every runtime; []: none).
   std::vector<std::string> watch_runtimes{"io.containerd.urunc.v2"};
+  // The daemon makes the view of such a container's image as soon as it is
+  // located and holds it this long for the container's mount; 0: views are
+  // made at mount time only.
+  int view_ahead_ms = 60000;
 
   std::string path;     // the file looked at
   bool loaded = false;  // it existed and was read

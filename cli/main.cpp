@@ -246,6 +246,7 @@ int run(int argc, char** argv) {
   int daemon_linger_ms = 0;
   int daemon_ready_fd = -1;
   std::vector<std::string> daemon_watch_runtimes;
+  int daemon_view_ahead_ms = 0;
   CLI::App* daemon_cmd = nullptr;
   if (wanted("daemon")) {
     daemon_cmd = app.add_subcommand(
@@ -265,6 +266,12 @@ int run(int argc, char** argv) {
         "locate the containers of this runtime as containerd creates them, ahead of their\n"
         "mounts (repeatable; \"*\": all; \"none\": no watch; default: config,\n"
         "io.containerd.urunc.v2)");
+    daemon_cmd
+        ->add_option("--view-ahead-ms", daemon_view_ahead_ms,
+                     "make the view of a watched container's image as soon as it is located,\n"
+                     "and hold it this long for the container's mount (0: views at mount\n"
+                     "time only; default: config, 60000)")
+        ->check(CLI::Range(0, 86400000));
     daemon_cmd->footer(kFooter);
   }
 
@@ -326,6 +333,8 @@ int run(int argc, char** argv) {
     options.watch_runtimes =
         unset(daemon_cmd, "--watch-runtime") ? config.watch_runtimes : daemon_watch_runtimes;
     std::erase(options.watch_runtimes, "none");
+    options.view_ahead = std::chrono::milliseconds(
+        unset(daemon_cmd, "--view-ahead-ms") ? config.view_ahead_ms : daemon_view_ahead_ms);
     options.watch_address = config.address;
     const int rc = ub::daemon::run_daemon(options);
     // Everything is released by now; leave without running the static

@@ -155,8 +155,9 @@ Result<std::unique_ptr<snap::Client>> ClientPool::get(const std::string& address
     if (!client) return std::unexpected(std::move(client).error().at("connect"));
     it = base_.emplace(address, std::move(*client)).first;
     if (!watch_runtimes_.empty())
-      watches_[address] =
-          std::make_unique<LocateCache>(it->second->with_namespace(""), watch_runtimes_);
+      watches_[address] = std::make_unique<LocateCache>(
+          it->second->with_namespace(""), watch_runtimes_,
+          make_listener_ ? make_listener_(address) : LocateListener{});
   }
   return it->second->with_namespace(ns);
 }

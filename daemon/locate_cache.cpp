@@ -11,8 +11,9 @@ bool runtime_watched(const std::vector<std::string>& runtimes, const std::string
                              [&](const std::string& r) { return r == "*" || r == runtime; });
 }
 
-LocateCache::LocateCache(std::unique_ptr<snap::Client> base, std::vector<std::string> runtimes)
-    : base_(std::move(base)), runtimes_(std::move(runtimes)) {
+LocateCache::LocateCache(std::unique_ptr<snap::Client> base, std::vector<std::string> runtimes,
+                         LocateListener listener)
+    : base_(std::move(base)), runtimes_(std::move(runtimes)), listener_(std::move(listener)) {
   worker_ = std::thread([this] { work(); });
   watch_ =
       base_->watch_containers({.on_subscribed =
@@ -21,9 +22,7 @@ LocateCache::LocateCache(std::unique_ptr<snap::Client> base, std::vector<std::st
                                      // while no stream was open may be
                                      // stale by now.
                                      std::lock_guard lock(mutex_);
-                                     entries_.clear();
-                                     awaited_.clear();
-                                     queue_.clear();
+                                     forget_all();
                                      seed_wanted_ = true;
                                      cv_.notify_all();
                                    },
@@ -45,8 +44,8 @@ void LocateCache::on_event(const snap::ContainerEvent& event) {
   Key key{event.ns, event.id};
   std::lock_guard lock(mutex_);
   ++counts_.events;
-  entries_.erase(key);
-  awaited_.erase(key);
+  if (entries_.erase(key) + awaited_.erase(key) > 0 && listener_.forgotten)
+    listener_.forgotten(key.first, key.second);
   if (event.kind != snap::ContainerEvent::Kind::created ||
       !runtime_watched(runtimes_, event.runtime))
     return;
@@ -80,13 +79,18 @@ void LocateCache::seed() {
 void LocateCache::on_gap() {
   std::lock_guard lock(mutex_);
   ++counts_.gaps;
-  entries_.clear();
-  awaited_.clear();
-  queue_.clear();
+  forget_all();
   spdlog::info(
       "containerd at {}: event stream broken; located containers forgotten until it is "
       "back",
       base_->address());
+}
+
+void LocateCache::forget_all() {
+  entries_.clear();
+  awaited_.clear();
+  queue_.clear();
+  if (listener_.forgotten_all) listener_.forgotten_all();
 }
 
 std::optional<Located> LocateCache::locate(const Key& key) const {
@@ -120,8 +124,9 @@ void LocateCache::work() {
     if (it == awaited_.end() || it->second != next.generation) continue;
     awaited_.erase(it);
     if (!located || entries_.size() >= kMaxEntries) continue;
-    entries_[next.key] = std::move(*located);
     ++counts_.located;
+    if (listener_.located) listener_.located(next.key.first, next.key.second, *located);
+    entries_[next.key] = std::move(*located);
   }
 }
 

@@ -26,6 +26,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,15 @@ struct Located {
 [[nodiscard]] bool runtime_watched(const std::vector<std::string>& runtimes,
                                    const std::string& runtime);
 
+// What a cache tells of its entries as they come and go (ahead_views.h).
+// Called under the cache's lock, in the order things happened: each only
+// queues work.
+struct LocateListener {
+  std::function<void(const std::string& ns, const std::string& id, const Located& where)> located;
+  std::function<void(const std::string& ns, const std::string& id)> forgotten;
+  std::function<void()> forgotten_all;
+};
+
 class LocateCache {
  public:
   struct Counts {
@@ -65,7 +75,8 @@ class LocateCache {
 
   // `base`: a client on the address's channel (any namespace). Subscribes
   // at once.
-  LocateCache(std::unique_ptr<snap::Client> base, std::vector<std::string> runtimes);
+  LocateCache(std::unique_ptr<snap::Client> base, std::vector<std::string> runtimes,
+              LocateListener listener = {});
   // Unsubscribes, then ends the background lookups.
   ~LocateCache();
   LocateCache(const LocateCache&) = delete;
@@ -92,9 +103,12 @@ class LocateCache {
   void await(Key key);
   void work();
   [[nodiscard]] std::optional<Located> locate(const Key& key) const;
+  // Under mutex_: every entry goes (the listener is told once).
+  void forget_all();
 
   std::unique_ptr<snap::Client> base_;
   std::vector<std::string> runtimes_;
+  LocateListener listener_;
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::map<Key, Located> entries_;

@@ -2,10 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <ctime>
 #include <thread>
+#include <tuple>
 
 #include "cleanup.h"
 #include "mount_table.h"
@@ -54,6 +56,9 @@ PassthroughPolicy policy_of(const std::string& mode) {
 struct MountService::Live {
   enum class Phase { setting_up, serving, released };
   std::string key;  // the state file's name
+  // The containerd container it serves (address, namespace, id), if any:
+  // set before it is in live_, never changed.
+  std::optional<std::tuple<std::string, std::string, std::string>> container;
   MountState state;
   Client client;
   std::unique_ptr<Source> source;
@@ -73,7 +78,38 @@ MountService::MountService(ServiceOptions options, std::unique_ptr<FuseLoop> loo
     : options_(std::move(options)),
       clients_(options_.watch_runtimes),
       views_(options_.linger),
-      loop_(std::move(loop)) {}
+      loop_(std::move(loop)) {
+  if (options_.view_ahead.count() <= 0 || options_.watch_runtimes.empty()) return;
+  ahead_ = std::make_unique<AheadViews>(
+      options_.view_ahead,
+      [this](const std::string& address, const std::string& ns, const std::string& id,
+             const Located& where) -> Result<ViewRegistry::Ref> {
+        auto client = clients_.get(address, ns, std::chrono::seconds(10));
+        if (!client) return std::unexpected(std::move(client).error());
+        return views_.acquire(std::move(*client), {address, ns, where.snapshotter, where.parent},
+                              id, nullptr, true);
+      },
+      [this](const std::string& address, const std::string& ns, const std::string& id) {
+        std::lock_guard lock(mutex_);
+        return std::ranges::any_of(live_, [&](const auto& entry) {
+          return entry.second->container && *entry.second->container == std::tie(address, ns, id);
+        });
+      });
+  clients_.set_locate_listener([ahead = ahead_.get()](const std::string& address) {
+    return LocateListener{
+        .located = [ahead, address](
+                       const std::string& ns, const std::string& id,
+                       const Located& where) { ahead->located(address, ns, id, where); },
+        .forgotten = [ahead, address](const std::string& ns,
+                                      const std::string& id) { ahead->forgotten(address, ns, id); },
+        .forgotten_all = [ahead, address] { ahead->forgotten_all(address); }};
+  });
+}
+
+std::optional<AheadViews::Counts> MountService::ahead_counts() const {
+  if (!ahead_) return std::nullopt;
+  return ahead_->counts();
+}
 
 Result<std::unique_ptr<MountService>> MountService::create(ServiceOptions options) {
   auto loop = FuseLoop::start(options.threads);
@@ -96,6 +132,9 @@ Result<MountSummary> MountService::mount(const MountRequest& request, Client cli
   live->key = cli::state_path(request.mountpoint, ns).filename().string();
   live->client = std::move(client);
   live->client.mount_ns = ns;
+  if (request.containerd && !request.containerd->container.empty())
+    live->container.emplace(request.containerd->address, request.containerd->ns,
+                            request.containerd->container);
   {
     std::lock_guard lock(mutex_);
     if (live_.contains(live->key))
@@ -177,6 +216,10 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
     auto opened = open_containerd_source(clients_, views_, *request.containerd, state, clock);
     if (!opened) return fail(std::move(opened).error());
     live->source = std::move(*opened);
+    // This mount holds the view now; a view held ahead for it is let go.
+    if (ahead_ && !request.containerd->container.empty())
+      ahead_->handed_over(request.containerd->address, state.containerd->ns,
+                          request.containerd->container);
   } else {
     Result<std::unique_ptr<Source>> opened = nullptr;
     if (auto entered = in_mount_ns(ns_fd,
@@ -356,6 +399,7 @@ void MountService::end(const std::string& mountpoint, std::uint64_t mount_ns) {
 }
 
 void MountService::shutdown() {
+  if (ahead_) ahead_->stop();
   // Mounts still being set up become serving (or fail) shortly: end them
   // as they do, until none is left.
   while (true) {

@@ -21,10 +21,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "ahead_views.h"
 #include "protocol.h"
 #include "source.h"
 #include "state.h"
@@ -63,6 +65,10 @@ struct ServiceOptions {
   // Runtimes whose containers are located as containerd announces them
   // (locate_cache.h); empty: none.
   std::vector<std::string> watch_runtimes;
+  // How long the view of a watched container's image, made as soon as the
+  // container is located, waits for the container's mount (ahead_views.h);
+  // 0: views are made at mount time only.
+  std::chrono::milliseconds view_ahead{std::chrono::seconds(60)};
 };
 
 // Who asked: the mount namespace the mountpoint lives in.
@@ -109,6 +115,8 @@ class MountService {
   [[nodiscard]] std::size_t views() const { return views_.size(); }
   [[nodiscard]] unsigned threads() const { return loop_->threads(); }
   [[nodiscard]] ClientPool& clients() { return clients_; }
+  // The views made ahead: none when that is off.
+  [[nodiscard]] std::optional<AheadViews::Counts> ahead_counts() const;
 
   struct Live;
 
@@ -119,6 +127,9 @@ class MountService {
   void finish(const std::shared_ptr<Live>& live);
 
   ServiceOptions options_;
+  // Before clients_: the watches it listens to outlive it only as long as
+  // the ClientPool, and it is stopped (holding nothing) before views_ goes.
+  std::unique_ptr<AheadViews> ahead_;
   ClientPool clients_;
   ViewRegistry views_;
   std::unique_ptr<FuseLoop> loop_;

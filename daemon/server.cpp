@@ -140,6 +140,12 @@ class Server {
                         {"hits", watch.hits},
                         {"gaps", watch.gaps},
                         {"entries", watch.entries}};
+      if (const auto ahead = service_.ahead_counts())
+        reply["watch"]["views_ahead"] = {{"held", ahead->held},
+                                         {"made", ahead->made},
+                                         {"used", ahead->used},
+                                         {"expired", ahead->expired},
+                                         {"failed", ahead->failed}};
       return reply;
     }
     auto ns = mount_ns_id(cred.pid);
@@ -305,6 +311,7 @@ int run_daemon(const DaemonOptions& options) {
   service_options.threads = options.threads;
   service_options.linger = options.linger;
   service_options.watch_runtimes = options.watch_runtimes;
+  service_options.view_ahead = options.view_ahead;
   auto service = MountService::create(service_options);
   auto fail = [&](const Error& error) {
     tell(options.ready_fd,

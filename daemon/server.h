@@ -31,6 +31,9 @@ struct DaemonOptions {
   // The containerd the daemon watches from its start (the configuration's
   // address); any other address is watched from its first mount on.
   std::string watch_address;
+  // How long a view made ahead for a watched container waits for its
+  // mount (ahead_views.h); 0: no views ahead.
+  std::chrono::milliseconds view_ahead{std::chrono::seconds(60)};
 };
 
 // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread

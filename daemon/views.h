@@ -68,9 +68,15 @@ class ClientPool {
   // The watches' counts, summed over every address.
   [[nodiscard]] LocateCache::Counts watch_counts() const;
   [[nodiscard]] const std::vector<std::string>& watch_runtimes() const { return watch_runtimes_; }
+  // What each address's watch is to tell as it locates and forgets
+  // containers (ahead_views.h). Set before the first get().
+  void set_locate_listener(std::function<LocateListener(const std::string& address)> make) {
+    make_listener_ = std::move(make);
+  }
 
  private:
   std::vector<std::string> watch_runtimes_;
+  std::function<LocateListener(const std::string& address)> make_listener_;
   mutable std::mutex mutex_;
   // After base_: a watch is dropped before the channel it came from.
   std::map<std::string, std::unique_ptr<snap::Client>> base_;

@@ -173,6 +173,13 @@ class DaemonTest : public ::testing::Test {
     return doc.contains("watch") ? doc["watch"].value(what, std::uint64_t{0}) : 0;
   }
 
+  std::uint64_t ahead_count(const char* what) const {
+    const auto doc = cli_.ping();
+    return doc.contains("watch") && doc["watch"].contains("views_ahead")
+               ? doc["watch"]["views_ahead"].value(what, std::uint64_t{0})
+               : 0;
+  }
+
   // A subscription has no acknowledgement: until the daemon's watch has
   // seen an event, create and remove throwaway (runc) containers.
   bool watch_seen_after(std::uint64_t events) {
@@ -575,6 +582,97 @@ TEST_F(DaemonTest, AfterAContainerdRestartTheWatchForgetsThenWatchesAgain) {
   EXPECT_EQ(cli_.status(after)["containerd"]["located_by"], "events");
   EXPECT_EQ(read_file(after + "/.boot/kernel"), shared().images[0].kernel);
   for (const auto& m : {after, before, warm}) EXPECT_TRUE(cli_({"umount", m}).ok()) << m;
+}
+
+// The view of a urunc container's image is made as soon as the container
+// is located, so its mount finds it ready and shares it; from then on the
+// mount alone holds it, and its unmount releases view and lease.
+TEST_F(DaemonTest, AUruncContainersViewIsMadeAheadAndItsUnmountReleasesIt) {
+  const auto runc = containers(0, 1);
+  ASSERT_TRUE(
+      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[1].string()}).ok());
+  const auto warm = mountpoint("warm");
+  ASSERT_TRUE(mount(runc[0], warm).ok());
+  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  ASSERT_EQ(views().size(), 1U);
+  create_urunc(1, "u");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
+  EXPECT_EQ(views().size(), 2U) << "the view of the urunc container's image is made ahead";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 2U);
+  const auto mnt = mountpoint("u");
+  auto mounted = mount("u", mnt);
+  ASSERT_TRUE(mounted.ok()) << mounted.describe();
+  const auto status = cli_.status(mnt);
+  EXPECT_TRUE(status["view_shared"].get<bool>()) << status.dump();
+  EXPECT_EQ(status["containerd"]["located_by"], "events");
+  EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[1].kernel);
+  EXPECT_EQ(ahead_count("held"), 0U);
+  EXPECT_EQ(ahead_count("used"), 1U);
+  ASSERT_TRUE(cli_({"umount", mnt}).ok());
+  EXPECT_EQ(views().size(), 1U) << "the last unmount of the image released its view";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U) << "and its lease";
+  ASSERT_TRUE(cli_({"umount", warm}).ok());
+}
+
+// A view held ahead goes with its container, and after its hold time when
+// no mount came.
+TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
+  const auto config = tmp_ / "config.json";
+  write_file(config, "{\"view_ahead_ms\": 1500}");
+  ::setenv("URUNC_BOOTFS_CONFIG", config.c_str(), 1);
+  const auto runc = containers(0, 1);
+  ASSERT_TRUE(
+      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[1].string()}).ok());
+  const auto warm = mountpoint("warm");
+  ASSERT_TRUE(mount(runc[0], warm).ok());
+  ::unsetenv("URUNC_BOOTFS_CONFIG");
+  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  create_urunc(1, "deleted");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
+  ASSERT_TRUE(ctr({"containers", "rm", "deleted"}).ok());
+  EXPECT_TRUE(wait_for([&] { return views().size() == 1; })) << "the view outlived its container";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
+  create_urunc(1, "idle");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("made") == 2; })) << cli_.ping().dump();
+  EXPECT_EQ(views().size(), 2U);
+  EXPECT_TRUE(wait_for([&] { return ahead_count("expired") == 1; }, 10s)) << cli_.ping().dump();
+  EXPECT_TRUE(wait_for([&] { return views().size() == 1; })) << "the view outlived its hold time";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
+  // Its container still mounts: the view is made at mount time then.
+  const auto mnt = mountpoint("idle");
+  ASSERT_TRUE(mount("idle", mnt).ok());
+  EXPECT_FALSE(cli_.status(mnt)["view_shared"].get<bool>());
+  EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[1].kernel);
+  ASSERT_TRUE(cli_({"umount", mnt}).ok());
+  ASSERT_TRUE(cli_({"umount", warm}).ok());
+}
+
+// A daemon killed while it holds a view ahead (no mount, no state file)
+// leaves it labelled with its owner: gc removes view and lease.
+TEST_F(DaemonTest, Kill9WhileHoldingAViewAheadGcRemovesIt) {
+  const auto runc = containers(0, 1);
+  ASSERT_TRUE(
+      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[2].string()}).ok());
+  const auto warm = mountpoint("warm");
+  ASSERT_TRUE(mount(runc[0], warm).ok());
+  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  create_urunc(2, "u");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
+  const pid_t daemon = cli_.host_daemon();
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(::kill(daemon, SIGKILL), 0);
+  ASSERT_TRUE(wait_for([&] { return !pid_alive(daemon); }));
+  EXPECT_EQ(views().size(), 2U);
+  auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  EXPECT_TRUE(gc.ok()) << gc.describe();
+  EXPECT_EQ(views(), std::vector<std::string>{});
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix), std::vector<std::string>{});
+  // The container still mounts, from a new daemon.
+  const auto mnt = mountpoint("u");
+  ASSERT_TRUE(mount("u", mnt).ok());
+  EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[2].kernel);
+  ASSERT_TRUE(cli_({"umount", mnt}).ok());
+  (void)cli_({"umount", "--lazy", warm});
 }
 
 TEST_F(DaemonTest, ALingeringViewServesTheNextContainerThenGoes) {

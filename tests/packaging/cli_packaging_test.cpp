@@ -67,6 +67,14 @@ TEST(Config, FileValuesOverrideDefaultsAndSayWhereTheyCameFrom) {
   auto none = parse_config(R"({"watch_runtimes": []})", "x.json");
   ASSERT_TRUE(none);
   EXPECT_TRUE(none->watch_runtimes.empty());
+
+  // Views made ahead: held for a minute unless told otherwise; 0 for off.
+  EXPECT_EQ(partial->view_ahead_ms, 60000);
+  EXPECT_EQ(partial->origin.at("view_ahead_ms"), "default");
+  auto off = parse_config(R"({"view_ahead_ms": 0})", "x.json");
+  ASSERT_TRUE(off);
+  EXPECT_EQ(off->view_ahead_ms, 0);
+  EXPECT_EQ(off->origin.at("view_ahead_ms"), "file");
 }
 
 TEST(Config, RefusesTyposAndBadValuesNamingFileAndKey) {
@@ -92,6 +100,8 @@ TEST(Config, RefusesTyposAndBadValuesNamingFileAndKey) {
             "\"watch_runtimes\": must be an array"},
            {R"({"watch_runtimes": [""]})", "must be an array of runtime names"},
            {R"({"watch_runtimes": [7]})", "must be an array of runtime names"},
+           {R"({"view_ahead_ms": -1})", "\"view_ahead_ms\": must be between 0 and 86400000"},
+           {R"({"view_ahead_ms": "60s"})", "\"view_ahead_ms\": must be an integer"},
        }) {
     auto parsed = parse_config(c.text, "/etc/urunc-bootfs/config.json");
     ASSERT_FALSE(parsed) << c.text;
