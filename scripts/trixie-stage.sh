@@ -64,13 +64,21 @@ mounts_under() {
 
 # Ends every process whose root is DIR (only this stage uses it: it holds
 # the lock): what a test left running inside, e.g. a daemon or containerd.
-end_processes_in() {
-  local dir=$1 pid left=()
+# A containerd watcher of scripts/containerd-env.sh polls once a second, so
+# what is still there is given 3 s to end on its own first.
+processes_in() {
+  local dir=$1 proc
   for proc in /proc/[0-9]*; do
-    pid=${proc#/proc/}
-    [[ $(readlink "$proc/root" 2>/dev/null) == "$dir" ]] && left+=("$pid")
+    [[ $(readlink "$proc/root" 2>/dev/null) == "$dir" ]] && echo "${proc#/proc/}"
   done
-  [[ ${#left[@]} -eq 0 ]] && return 0
+}
+end_processes_in() {
+  local dir=$1 left=() _
+  for _ in 1 2 3 4 5 6; do
+    mapfile -t left < <(processes_in "$dir")
+    [[ ${#left[@]} -eq 0 ]] && return 0
+    sleep 0.5
+  done
   say "ending processes left in the root: $(ps -o pid=,comm= -p "$(IFS=,; echo "${left[*]}")" | tr -s ' \n' ' ')"
   kill -TERM "${left[@]}" 2>/dev/null || true
   sleep 2
