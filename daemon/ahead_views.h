@@ -88,7 +88,6 @@ class AheadViews {
   void stop();
 
   [[nodiscard]] Counts counts() const;
-  [[nodiscard]] std::chrono::milliseconds hold() const { return hold_; }
 
  private:
   using Key = std::tuple<std::string, std::string, std::string>;  // address, namespace, id

@@ -218,7 +218,7 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
     live->source = std::move(*opened);
     // This mount holds the view now; a view held ahead for it is let go.
     if (ahead_ && !request.containerd->container.empty())
-      ahead_->handed_over(request.containerd->address, state.containerd->ns,
+      ahead_->handed_over(request.containerd->address, request.containerd->ns,
                           request.containerd->container);
   } else {
     Result<std::unique_ptr<Source>> opened = nullptr;

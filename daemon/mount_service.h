@@ -127,8 +127,9 @@ class MountService {
   void finish(const std::shared_ptr<Live>& live);
 
   ServiceOptions options_;
-  // Before clients_: the watches it listens to outlive it only as long as
-  // the ClientPool, and it is stopped (holding nothing) before views_ goes.
+  // Declared before clients_, so destroyed after it: the watches that call
+  // it go first. It holds users of views_, which goes before it: shutdown()
+  // stops it (releasing them) before anything else.
   std::unique_ptr<AheadViews> ahead_;
   ClientPool clients_;
   ViewRegistry views_;

@@ -192,6 +192,19 @@ class DaemonTest : public ::testing::Test {
     return false;
   }
 
+  // Imports image `image`, then starts the daemon by mounting a runc
+  // container of image 0 at `warm` (so that image keeps a view), and waits
+  // until the daemon's watch sees containerd's events. Use under
+  // ASSERT_NO_FATAL_FAILURE.
+  void watching_with_image(std::size_t image, const std::string& warm) {
+    const auto runc = containers(0, 1);
+    ASSERT_TRUE(
+        ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[image].string()})
+            .ok());
+    ASSERT_TRUE(mount(runc[0], warm).ok());
+    ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  }
+
   // View snapshots urunc-bootfs made in this namespace.
   std::vector<std::string> views() const {
     std::vector<std::string> out;
@@ -529,12 +542,8 @@ TEST_F(DaemonTest, UruncContainersCreatedBeforeTheWatchAreLocatedWhenItBegins) {
 // not served from it, and one created again under the same id (of another
 // image) serves its own image.
 TEST_F(DaemonTest, ADeletedContainerIsForgottenAndOneCreatedAgainServesItsNewImage) {
-  const auto runc = containers(0, 1);
-  ASSERT_TRUE(
-      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[1].string()}).ok());
   const auto warm = mountpoint("warm");
-  ASSERT_TRUE(mount(runc[0], warm).ok());
-  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
   create_urunc(0, "u");
   ASSERT_TRUE(wait_for([&] { return watch_count("located") >= 1; })) << cli_.ping().dump();
   ASSERT_TRUE(ctr({"containers", "rm", "u"}).ok());
@@ -588,12 +597,8 @@ TEST_F(DaemonTest, AfterAContainerdRestartTheWatchForgetsThenWatchesAgain) {
 // is located, so its mount finds it ready and shares it; from then on the
 // mount alone holds it, and its unmount releases view and lease.
 TEST_F(DaemonTest, AUruncContainersViewIsMadeAheadAndItsUnmountReleasesIt) {
-  const auto runc = containers(0, 1);
-  ASSERT_TRUE(
-      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[1].string()}).ok());
   const auto warm = mountpoint("warm");
-  ASSERT_TRUE(mount(runc[0], warm).ok());
-  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
   ASSERT_EQ(views().size(), 1U);
   create_urunc(1, "u");
   ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
@@ -620,13 +625,9 @@ TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
   const auto config = tmp_ / "config.json";
   write_file(config, "{\"view_ahead_ms\": 1500}");
   ::setenv("URUNC_BOOTFS_CONFIG", config.c_str(), 1);
-  const auto runc = containers(0, 1);
-  ASSERT_TRUE(
-      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[1].string()}).ok());
   const auto warm = mountpoint("warm");
-  ASSERT_TRUE(mount(runc[0], warm).ok());
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
   ::unsetenv("URUNC_BOOTFS_CONFIG");
-  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
   create_urunc(1, "deleted");
   ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
   ASSERT_TRUE(ctr({"containers", "rm", "deleted"}).ok());
@@ -650,12 +651,8 @@ TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
 // A daemon killed while it holds a view ahead (no mount, no state file)
 // leaves it labelled with its owner: gc removes view and lease.
 TEST_F(DaemonTest, Kill9WhileHoldingAViewAheadGcRemovesIt) {
-  const auto runc = containers(0, 1);
-  ASSERT_TRUE(
-      ctr({"images", "import", "--snapshotter", "overlayfs", shared().tars[2].string()}).ok());
   const auto warm = mountpoint("warm");
-  ASSERT_TRUE(mount(runc[0], warm).ok());
-  ASSERT_TRUE(watch_seen_after(0)) << cli_.ping().dump();
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(2, warm));
   create_urunc(2, "u");
   ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
   const pid_t daemon = cli_.host_daemon();
