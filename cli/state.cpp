@@ -83,6 +83,7 @@ nlohmann::json to_json(const MountState& s) {
     timings["total"] = total;
     doc["timings_ms"] = timings;
     doc["view_shared"] = s.view_shared;
+    doc["mount_made_ahead"] = s.mount_made_ahead;
   }
   if (s.containerd) {
     const auto& c = *s.containerd;
@@ -115,6 +116,7 @@ Result<MountState> state_from_json(const nlohmann::json& doc) {
     s.mountpoint = doc.at("mountpoint").get<std::string>();
     s.mount_ns = doc.value("mount_ns", std::uint64_t{0});
     s.view_shared = doc.value("view_shared", false);
+    s.mount_made_ahead = doc.value("mount_made_ahead", false);
     if (auto it = doc.find("timings_ms"); it != doc.end() && it->is_object())
       for (const auto& [step, ms] : it->items())
         if (step != "total") s.timings.emplace_back(step, ms.get<double>());

@@ -78,6 +78,8 @@ struct MountState {
   // attach, resolve, fuse, ready).
   std::vector<std::pair<std::string, double>> timings;
   bool view_shared = false;  // the view was already there for another mount
+  // The whole mount was prepared ahead, detached, and attached at mount.
+  bool mount_made_ahead = false;
 };
 
 [[nodiscard]] std::filesystem::path state_dir();

@@ -26,7 +26,7 @@ void AheadViews::stop() {
 }
 
 void AheadViews::drop(std::map<Key, Entry>::iterator it) {
-  if (it->second.ref) to_release_.push_back(std::move(*it->second.ref));
+  if (it->second.made) to_release_.push_back(std::move(*it->second.made));
   entries_.erase(it);
   cv_.notify_all();
 }
@@ -38,7 +38,8 @@ void AheadViews::located(const std::string& address, const std::string& ns, cons
   Key key{address, ns, id};
   if (auto it = entries_.find(key); it != entries_.end()) drop(it);
   const std::uint64_t generation = ++generation_;
-  entries_.emplace(key, Entry{.generation = generation, .where = where, .ref = {}, .deadline = {}});
+  entries_.emplace(key,
+                   Entry{.generation = generation, .where = where, .made = {}, .deadline = {}});
   pending_.emplace_back(std::move(key), generation);
   cv_.notify_all();
 }
@@ -63,8 +64,39 @@ void AheadViews::handed_over(const std::string& address, const std::string& ns,
   std::lock_guard lock(mutex_);
   auto it = entries_.find({address, ns, id});
   if (it == entries_.end()) return;
-  if (it->second.ref) ++counts_.used;
+  if (it->second.made) ++counts_.used;
   drop(it);
+}
+
+std::optional<MadeAhead> AheadViews::take(const std::string& address, const std::string& ns,
+                                          const std::string& id,
+                                          std::chrono::milliseconds timeout) {
+  const Key key{address, ns, id};
+  std::unique_lock lock(mutex_);
+  auto it = entries_.find(key);
+  // Being made (neither waiting nor done): it is worth the wait, as the
+  // mount would wait for the same view anyway.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (it != entries_.end() && !it->second.where && !it->second.made) {
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+    it = entries_.find(key);
+  }
+  if (it == entries_.end()) return std::nullopt;
+  if (!it->second.made) {
+    // Not started (or not done in time): the mount does it itself.
+    drop(it);
+    return std::nullopt;
+  }
+  std::optional<MadeAhead> made = std::move(it->second.made);
+  it->second.made.reset();
+  ++counts_.used;
+  drop(it);
+  return made;
+}
+
+void AheadViews::used_mount() {
+  std::lock_guard lock(mutex_);
+  ++counts_.mounts_used;
 }
 
 AheadViews::Counts AheadViews::counts() const {
@@ -72,7 +104,7 @@ AheadViews::Counts AheadViews::counts() const {
   Counts out = counts_;
   out.held = 0;
   for (const auto& [key, entry] : entries_)
-    if (entry.ref) ++out.held;
+    if (entry.made) ++out.held;
   return out;
 }
 
@@ -80,13 +112,15 @@ void AheadViews::work() {
   std::unique_lock lock(mutex_);
   while (true) {
     if (!to_release_.empty()) {
-      auto refs = std::move(to_release_);
+      auto held = std::move(to_release_);
       to_release_.clear();
       lock.unlock();
-      for (auto& ref : refs)
-        if (auto released = ref.release(); !released)
+      for (auto& made : held) {
+        made.mount.reset();  // its files before the view
+        if (auto released = made.view.release(); !released)
           spdlog::error("releasing a view held ahead: {}", released.error().to_string());
-      refs.clear();
+      }
+      held.clear();
       lock.lock();
       continue;
     }
@@ -96,7 +130,7 @@ void AheadViews::work() {
     auto next = std::chrono::steady_clock::time_point::max();
     for (auto it = entries_.begin(); it != entries_.end();) {
       auto following = std::next(it);
-      if (it->second.ref) {
+      if (it->second.made) {
         if (it->second.deadline <= now) {
           ++counts_.expired;
           spdlog::debug("view held ahead for container {} expired: no mount within {} ms",
@@ -125,25 +159,29 @@ void AheadViews::work() {
         lock.lock();
         it = entries_.find(key);
         if (it != entries_.end() && it->second.generation == generation) entries_.erase(it);
+        cv_.notify_all();
         continue;
       }
-      auto ref = acquire_(std::get<0>(key), std::get<1>(key), std::get<2>(key), where);
+      auto made = acquire_(std::get<0>(key), std::get<1>(key), std::get<2>(key), where);
       lock.lock();
+      // A take() may be waiting for this entry, whatever became of it.
+      cv_.notify_all();
       it = entries_.find(key);
       const bool wanted = it != entries_.end() && it->second.generation == generation;
-      if (!ref) {
+      if (!made) {
         ++counts_.failed;
         spdlog::info("no view ahead for container {} ({}): {}", std::get<2>(key), where.parent,
-                     ref.error().to_string());
+                     made.error().to_string());
         if (wanted) entries_.erase(it);
         continue;
       }
       if (!wanted || stopping_) {
-        to_release_.push_back(std::move(*ref));
+        to_release_.push_back(std::move(*made));
         continue;
       }
       ++counts_.made;
-      it->second.ref.emplace(std::move(*ref));
+      if (made->mount) ++counts_.mounts_made;
+      it->second.made.emplace(std::move(*made));
       it->second.deadline = std::chrono::steady_clock::now() + hold_;
       continue;
     }

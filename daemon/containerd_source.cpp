@@ -546,6 +546,38 @@ Status locate(ClientPool& pool, snap::Client& client, const ContainerdRequest& r
 
 }  // namespace
 
+namespace {
+
+// The view's part of a mount's record.
+void record_view(const ViewRegistry::Ref& ref, MountState& state) {
+  const ViewRecord& record = ref.record();
+  ContainerdState& cd = *state.containerd;
+  cd.lease_id = record.lease_id;
+  cd.view_key = record.view_key;
+  cd.view_mounts = record.view_mounts;
+  cd.devmapper = record.devmapper;
+  state.view_shared = ref.shared();
+}
+
+}  // namespace
+
+std::unique_ptr<Source> adopt_view_made_ahead(ViewRegistry::Ref ref, const Located& where,
+                                              const ContainerdRequest& request, MountState& state) {
+  state.source_kind = "containerd";
+  state.containerd = ContainerdState{};
+  ContainerdState& cd = *state.containerd;
+  cd.address = request.address;
+  cd.ns = request.ns;
+  cd.container = request.container;
+  cd.snapshotter = where.snapshotter;
+  cd.parent = where.parent;
+  cd.located_by = "events";
+  record_view(ref, state);
+  // It was there before this mount asked for it.
+  state.view_shared = true;
+  return std::unique_ptr<Source>(new ViewSource(std::move(ref)));
+}
+
 Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, ViewRegistry& views,
                                                        const ContainerdRequest& request,
                                                        MountState& state, StepClock& clock) {
@@ -575,12 +607,7 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
       // A parent found as a snapshot's is committed.
       request.parent.empty());
   if (!ref) return std::unexpected(std::move(ref).error());
-  const ViewRecord& record = ref->record();
-  cd.lease_id = record.lease_id;
-  cd.view_key = record.view_key;
-  cd.view_mounts = record.view_mounts;
-  cd.devmapper = record.devmapper;
-  state.view_shared = ref->shared();
+  record_view(*ref, state);
   // A shared view: "view" is the wait for it; a new one was made above.
   // (Recorded with the next save, once the files are open: a new view's
   // lease and key are on file already, and a shared one's are in the

@@ -20,9 +20,20 @@
 namespace urunc::bootfs::daemon {
 namespace {
 
+// The image's /urunc.json, if it has one.
+Result<std::optional<Annotations>> read_urunc_json(int root_fd) {
+  auto text = read_image_file(root_fd, kUruncJsonPath, kMaxUruncJsonBytes);
+  if (!text) return std::unexpected(std::move(text).error());
+  if (!*text) return std::optional<Annotations>();
+  auto parsed = parse_urunc_json(**text);
+  if (!parsed) return std::unexpected(std::move(parsed).error().at("/urunc.json"));
+  return std::optional<Annotations>(std::move(*parsed));
+}
+
 // Flags > the bundle's config.json annotations > the image's /urunc.json.
 // The bundle is read in the client's mount namespace.
-Result<ArtifactInputs> artifact_inputs(const MountRequest& request, int root_fd, int ns_fd) {
+Result<ArtifactInputs> artifact_inputs(const MountRequest& request,
+                                       std::optional<Annotations> urunc_json, int ns_fd) {
   ArtifactInputs inputs;
   inputs.kernel_flag = request.kernel;
   inputs.initrd_flag = request.initrd;
@@ -35,14 +46,46 @@ Result<ArtifactInputs> artifact_inputs(const MountRequest& request, int root_fd,
     if (!annotations) return std::unexpected(std::move(annotations).error().at("bundle"));
     inputs.spec_annotations = std::move(*annotations);
   }
-  auto text = read_image_file(root_fd, kUruncJsonPath, kMaxUruncJsonBytes);
-  if (!text) return std::unexpected(std::move(text).error());
-  if (*text) {
-    auto parsed = parse_urunc_json(**text);
-    if (!parsed) return std::unexpected(std::move(parsed).error().at("/urunc.json"));
-    inputs.urunc_json = std::move(*parsed);
-  }
+  inputs.urunc_json = std::move(urunc_json);
   return inputs;
+}
+
+// A container's mount prepared ahead (ahead_views.h): its files open, its
+// filesystem made and detached, INIT answered; for the artifacts the image's
+// /urunc.json names, served as a mount with default options would be.
+struct PreparedMount final : MadeAhead::Mount {
+  std::optional<Annotations> urunc_json;
+  ArtifactSet set;
+  std::unique_ptr<ArtifactFs> fs;
+  std::unique_ptr<FuseServer> server;
+  PreparedMount() = default;
+  PreparedMount(const PreparedMount&) = delete;
+  PreparedMount& operator=(const PreparedMount&) = delete;
+  ~PreparedMount() override {
+    server.reset();  // backing ids and the detached mount before the files
+    if (fs) fs->close_files();
+  }
+};
+
+Result<std::unique_ptr<PreparedMount>> prepare_mount(int root_fd) {
+  auto prepared = std::make_unique<PreparedMount>();
+  auto urunc_json = read_urunc_json(root_fd);
+  if (!urunc_json) return std::unexpected(std::move(urunc_json).error());
+  prepared->urunc_json = std::move(*urunc_json);
+  ArtifactInputs inputs;
+  inputs.urunc_json = prepared->urunc_json;
+  auto set = select_artifacts(inputs);
+  if (!set) return std::unexpected(std::move(set).error());
+  prepared->set = std::move(*set);
+  auto files = open_artifacts(root_fd, prepared->set);
+  if (!files) return std::unexpected(std::move(files).error());
+  auto fs = ArtifactFs::create(std::move(*files));
+  if (!fs) return std::unexpected(std::move(fs).error());
+  prepared->fs = std::move(*fs);
+  auto server = FuseServer::prepare(*prepared->fs, FuseOptions{});
+  if (!server) return std::unexpected(std::move(server).error());
+  prepared->server = std::move(*server);
+  return prepared;
 }
 
 PassthroughPolicy policy_of(const std::string& mode) {
@@ -67,7 +110,6 @@ struct MountService::Live {
   std::uint64_t loop_id = 0;
   // Guarded by the service's mutex:
   Phase phase = Phase::setting_up;
-  bool ready = false;
   bool ended = false;
   std::optional<Error> end_error;
   Status release_status;
@@ -83,12 +125,7 @@ MountService::MountService(ServiceOptions options, std::unique_ptr<FuseLoop> loo
   ahead_ = std::make_unique<AheadViews>(
       options_.view_ahead,
       [this](const std::string& address, const std::string& ns, const std::string& id,
-             const Located& where) -> Result<ViewRegistry::Ref> {
-        auto client = clients_.get(address, ns, std::chrono::seconds(10));
-        if (!client) return std::unexpected(std::move(client).error());
-        return views_.acquire(std::move(*client), {address, ns, where.snapshotter, where.parent},
-                              id, nullptr, true);
-      },
+             const Located& where) { return make_ahead(address, ns, id, where); },
       [this](const std::string& address, const std::string& ns, const std::string& id) {
         std::lock_guard lock(mutex_);
         return std::ranges::any_of(live_, [&](const auto& entry) {
@@ -104,6 +141,22 @@ MountService::MountService(ServiceOptions options, std::unique_ptr<FuseLoop> loo
                                       const std::string& id) { ahead->forgotten(address, ns, id); },
         .forgotten_all = [ahead, address] { ahead->forgotten_all(address); }};
   });
+}
+
+Result<MadeAhead> MountService::make_ahead(const std::string& address, const std::string& ns,
+                                           const std::string& id, const Located& where) {
+  auto client = clients_.get(address, ns, std::chrono::seconds(10));
+  if (!client) return std::unexpected(std::move(client).error());
+  auto ref = views_.acquire(std::move(*client), {address, ns, where.snapshotter, where.parent}, id,
+                            nullptr, true);
+  if (!ref) return std::unexpected(std::move(ref).error());
+  MadeAhead made{.where = where, .view = std::move(*ref), .mount = nullptr};
+  if (auto prepared = prepare_mount(made.view.root_fd()); prepared)
+    made.mount = std::move(*prepared);
+  else
+    spdlog::debug("no mount ahead for container {} (the view is held): {}", id,
+                  prepared.error().to_string());
+  return made;
 }
 
 std::optional<AheadViews::Counts> MountService::ahead_counts() const {
@@ -212,7 +265,29 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
       !usable)
     return fail(std::move(usable).error());
 
-  if (request.containerd) {
+  // What was made ahead for this container: its view, and perhaps its
+  // whole mount, detached and ready.
+  std::optional<MadeAhead> held;
+  if (ahead_ && request.containerd && !request.containerd->container.empty() &&
+      request.containerd->snapshot.empty() && request.containerd->parent.empty()) {
+    const auto& cd = *request.containerd;
+    held = ahead_->take(cd.address, cd.ns, cd.container, std::chrono::milliseconds(cd.timeout_ms));
+    // Another snapshotter asked for than the container's, or the watch
+    // no longer knows the container as it was when this was made: not it.
+    if (held) {
+      const auto known = clients_.located(cd.address, cd.ns, cd.container);
+      if (!known || known->parent != held->where.parent ||
+          known->snapshotter != held->where.snapshotter ||
+          (!cd.snapshotter.empty() && cd.snapshotter != held->where.snapshotter))
+        held.reset();
+    }
+  }
+  if (held) {
+    live->source =
+        adopt_view_made_ahead(std::move(held->view), held->where, *request.containerd, state);
+    clock.lap("locate");
+    clock.lap("view");
+  } else if (request.containerd) {
     auto opened = open_containerd_source(clients_, views_, *request.containerd, state, clock);
     if (!opened) return fail(std::move(opened).error());
     live->source = std::move(*opened);
@@ -235,42 +310,62 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
   }
   live->source->describe(state);
 
-  auto inputs = artifact_inputs(request, live->source->root_fd(), ns_fd);
+  // A prepared mount serves this request if it asks for the default
+  // options and for the same files: the bundle's annotations and flags,
+  // which the preparation could not see, are read now and decide.
+  std::unique_ptr<PreparedMount> prepared;
+  if (held && held->mount && request.passthrough == "auto" && !request.debug)
+    prepared.reset(static_cast<PreparedMount*>(held->mount.release()));
+  held.reset();
+  std::optional<Annotations> urunc_json;
+  if (prepared) {
+    urunc_json = prepared->urunc_json;
+  } else {
+    auto read = read_urunc_json(live->source->root_fd());
+    if (!read) return fail(std::move(read).error());
+    urunc_json = std::move(*read);
+  }
+  auto inputs = artifact_inputs(request, std::move(urunc_json), ns_fd);
   if (!inputs) return fail(std::move(inputs).error());
   auto set = select_artifacts(*inputs);
   if (!set) return fail(std::move(set).error());
-  auto files = open_artifacts(live->source->root_fd(), *set);
-  if (!files) return fail(std::move(files).error());
+  if (prepared && set->items == prepared->set.items) {
+    live->fs = std::move(prepared->fs);
+    live->server = std::move(prepared->server);
+    state.mount_made_ahead = true;
+    ahead_->used_mount();
+  }
+  prepared.reset();
+  if (!live->fs) {
+    auto files = open_artifacts(live->source->root_fd(), *set);
+    if (!files) return fail(std::move(files).error());
+    auto fs = ArtifactFs::create(std::move(*files));
+    if (!fs) return fail(std::move(fs).error());
+    live->fs = std::move(*fs);
+  }
   live->source->close_root();
   state.origin = origin_name(set->origin);
-  for (const auto& f : *files)
+  for (const auto& f : live->fs->files())
     state.artifacts.push_back({f.ref.path, role_name(f.ref.role), f.resolved_path,
                                static_cast<std::int64_t>(f.st.st_size),
                                static_cast<unsigned>(f.st.st_mode & 07777)});
-  auto fs = ArtifactFs::create(std::move(*files));
-  if (!fs) return fail(std::move(fs).error());
-  live->fs = std::move(*fs);
   state.phase = "mounting";
   if (auto saved = save_state(state); !saved) return fail(std::move(saved).error());
   clock.lap("resolve");
   test_stop_point("resolve");
 
-  FuseOptions options;
-  options.mountpoint = request.mountpoint;
-  options.debug = request.debug;
-  options.passthrough = policy_of(request.passthrough);
-  options.mount_ns_fd = ns_fd;
+  if (!live->server) {
+    FuseOptions options;
+    options.debug = request.debug;
+    options.passthrough = policy_of(request.passthrough);
+    options.init_timeout = options_.ready_timeout;
+    auto server = FuseServer::prepare(*live->fs, options);
+    if (!server) return fail(std::move(server).error().at("mount"));
+    live->server = std::move(*server);
+  }
+  if (auto attached = live->server->attach(request.mountpoint, ns_fd); !attached)
+    return fail(std::move(attached).error().at("mount"));
   std::weak_ptr<Live> weak = live;
-  options.on_init = [this, weak] {
-    if (auto l = weak.lock()) {
-      std::lock_guard lock(mutex_);
-      l->ready = true;
-      cv_.notify_all();
-    }
-  };
-  auto server = FuseServer::mount(*live->fs, options);
-  if (!server) return fail(std::move(server).error().at("mount"));
-  live->server = std::move(*server);
   if (auto served = live->server->serve_on(*loop_,
                                            [this, weak](Status status) {
                                              if (auto l = weak.lock()) on_end(l, std::move(status));
@@ -281,22 +376,6 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
   clock.lap("fuse");
   test_stop_point("fuse");
 
-  {
-    std::unique_lock lock(mutex_);
-    cv_.wait_for(lock, options_.ready_timeout, [&] { return live->ready || live->ended; });
-    if (!live->ready) {
-      const bool ended = live->ended;
-      lock.unlock();
-      if (!ended) loop_->end(live->loop_id);
-      lock.lock();
-      cv_.wait(lock, [&] { return live->ended; });
-      Error error = live->end_error ? *live->end_error
-                                    : make_error(ErrorKind::internal,
-                                                 "the kernel did not start the FUSE connection");
-      lock.unlock();
-      return fail(std::move(error));
-    }
-  }
   clock.lap("ready");
   state.timings = clock.steps();
   state.phase = "serving";
@@ -314,7 +393,7 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
   for (const auto& [step, ms] : state.timings) timings += fmt::format(" {} {:.2f}", step, ms);
   spdlog::debug("mounted {} ({} artifact(s)), ms:{}", request.mountpoint, state.artifacts.size(),
                 timings);
-  return MountSummary{request.mountpoint, state.timings, state.view_shared};
+  return MountSummary{request.mountpoint, state.timings, state.view_shared, state.mount_made_ahead};
 }
 
 void MountService::on_end(const std::shared_ptr<Live>& live, Status status) {

@@ -57,6 +57,11 @@ class StepClock {
 [[nodiscard]] Result<std::unique_ptr<Source>> open_containerd_source(
     ClientPool& clients, ViewRegistry& views, const ContainerdRequest& request, MountState& state,
     StepClock& clock);
+// The Source of a mount whose view was made ahead for its container.
+[[nodiscard]] std::unique_ptr<Source> adopt_view_made_ahead(ViewRegistry::Ref ref,
+                                                            const Located& where,
+                                                            const ContainerdRequest& request,
+                                                            MountState& state);
 
 struct ServiceOptions {
   unsigned threads = 4;                 // FUSE workers shared by every mount
@@ -82,6 +87,7 @@ struct MountSummary {
   std::string mountpoint;
   std::vector<std::pair<std::string, double>> timings;
   bool view_shared = false;
+  bool mount_made_ahead = false;
 };
 
 struct ReleaseSummary {
@@ -123,6 +129,8 @@ class MountService {
  private:
   explicit MountService(ServiceOptions options, std::unique_ptr<FuseLoop> loop);
   Result<MountSummary> setup(const std::shared_ptr<Live>& live, const MountRequest& request);
+  Result<MadeAhead> make_ahead(const std::string& address, const std::string& ns,
+                               const std::string& id, const Located& where);
   void on_end(const std::shared_ptr<Live>& live, Status status);
   void finish(const std::shared_ptr<Live>& live);
 

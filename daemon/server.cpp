@@ -145,7 +145,9 @@ class Server {
                                          {"made", ahead->made},
                                          {"used", ahead->used},
                                          {"expired", ahead->expired},
-                                         {"failed", ahead->failed}};
+                                         {"failed", ahead->failed},
+                                         {"mounts_made", ahead->mounts_made},
+                                         {"mounts_used", ahead->mounts_used}};
       return reply;
     }
     auto ns = mount_ns_id(cred.pid);
@@ -181,6 +183,7 @@ class Server {
     auto reply = ok_reply();
     reply["mountpoint"] = mounted->mountpoint;
     reply["view_shared"] = mounted->view_shared;
+    reply["mount_made_ahead"] = mounted->mount_made_ahead;
     nlohmann::json timings = nlohmann::json::object();
     for (const auto& [step, ms] : mounted->timings) timings[step] = ms;
     reply["timings_ms"] = timings;

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -50,7 +51,8 @@ struct FuseServer::Impl {
   std::unique_ptr<FuseChannel> channel;
   fuse_session* session = nullptr;
   std::mutex mutex;
-  std::optional<Error> init_error;  // the policy could not be met at INIT
+  bool init_done = false;           // the channel settled the INIT
+  std::optional<Error> init_error;  // ... and the policy could not be met
   FuseLoop* loop = nullptr;         // set by serve_on()
   std::uint64_t loop_id = 0;
 
@@ -307,7 +309,7 @@ fuse_lowlevel_ops make_ops() {
 FuseServer::FuseServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 FuseServer::~FuseServer() = default;
 
-Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs, FuseOptions options) {
+Result<std::unique_ptr<FuseServer>> FuseServer::prepare(ArtifactFs& fs, FuseOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->fs = &fs;
   impl->options = std::move(options);
@@ -335,16 +337,9 @@ Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs, FuseOption
 
   Impl* raw = impl.get();
   auto channel = FuseChannel::open(fs, impl->options.passthrough, [raw](Status ready) {
-    if (ready) {
-      if (raw->options.on_init) raw->options.on_init();
-      return;
-    }
-    spdlog::error("{}", ready.error().to_string());
-    {
-      std::lock_guard lock(raw->mutex);
-      raw->init_error = std::move(ready).error();
-    }
-    fuse_session_exit(raw->session);
+    std::lock_guard lock(raw->mutex);
+    raw->init_done = true;
+    if (!ready) raw->init_error = std::move(ready).error();
   });
   if (!channel) return std::unexpected(std::move(channel).error());
   impl->channel = std::move(*channel);
@@ -356,9 +351,35 @@ Result<std::unique_ptr<FuseServer>> FuseServer::mount(ArtifactFs& fs, FuseOption
     return std::unexpected(
         make_error(ErrorKind::internal, "cannot hand /dev/fuse to the session", -rc));
   impl->channel->hand_over();
-  UB_TRY(impl->channel->mount(impl->options.mountpoint, impl->options.fsname,
-                              impl->options.mount_ns_fd));
+  UB_TRY(impl->channel->make_detached(impl->options.fsname));
+
+  // The kernel queued INIT when it made the filesystem: answer it here, on
+  // a thread that runs anyway, so that the mount is ready when attached.
+  const int fd = impl->channel->fd();
+  pollfd pfd{fd, POLLIN, 0};
+  const int waited = ::poll(&pfd, 1, static_cast<int>(impl->options.init_timeout.count()));
+  if (waited <= 0)
+    return std::unexpected(waited == 0
+                               ? make_error(ErrorKind::internal, "the kernel sent no FUSE INIT")
+                               : errno_error(errno, "waiting for the kernel's FUSE INIT"));
+  fuse_buf buf{};
+  const int res = fuse_session_receive_buf(impl->session, &buf);
+  if (res > 0) fuse_session_process_buf(impl->session, &buf);
+  std::free(buf.mem);
+  std::lock_guard lock(impl->mutex);
+  if (impl->init_error) {
+    spdlog::error("{}", impl->init_error->to_string());
+    return std::unexpected(*impl->init_error);
+  }
+  if (!impl->init_done)
+    return std::unexpected(make_error(
+        ErrorKind::internal, res < 0 ? "reading the FUSE INIT: " + std::string(strerror(-res))
+                                     : "the FUSE INIT handshake failed"));
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
+}
+
+Status FuseServer::attach(const std::string& mountpoint, int ns_fd) {
+  return impl_->channel->attach(mountpoint, ns_fd);
 }
 
 void FuseServer::stop() {
@@ -520,22 +541,7 @@ Status FuseServer::serve_on(FuseLoop& loop, std::function<void(Status)> on_end) 
   if (const int flags = ::fcntl(fd, F_GETFL);
       flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
     return std::unexpected(errno_error(errno, "cannot make /dev/fuse non-blocking"));
-  Impl* impl = impl_.get();
-  // mount(2) has queued the kernel's INIT already: answer it on this
-  // thread, which is running anyway, rather than wake a worker for it (and
-  // this thread again once it is answered). Anything else, or nothing yet,
-  // is left to the loop.
-  {
-    fuse_buf buf{};
-    if (fuse_session_receive_buf(impl->session, &buf) > 0)
-      fuse_session_process_buf(impl->session, &buf);
-    std::free(buf.mem);
-  }
-  UB_TRY(watch(loop, fd, std::move(on_end)));
-  // A refused INIT ended the session: nothing more may come to wake the
-  // loop for it, so end it here.
-  if (fuse_session_exited(impl->session) != 0) loop.end(impl->loop_id);
-  return {};
+  return watch(loop, fd, std::move(on_end));
 }
 
 Status FuseServer::watch(FuseLoop& loop, int fd, std::function<void(Status)> on_end) {

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
+// glibc (2.36 and later) declares the new mount API in <sys/mount.h>.
 #include <sys/mount.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -24,7 +25,7 @@ namespace proto = fuse_proto;
 // 0 outside an OpenReplyScope.
 thread_local int t_open_backing_id = 0;
 
-constexpr const char* kFsType = "fuse.urunc-bootfs";
+constexpr const char* kSubtype = "urunc-bootfs";  // the type is fuse.urunc-bootfs
 
 // libfuse >= 3.17 negotiates passthrough and fills OPEN replies itself
 // (fs/passthrough_api.h); 3.14 needs both replies patched here.
@@ -94,18 +95,44 @@ Result<std::unique_ptr<FuseChannel>> FuseChannel::open(ArtifactFs& fs, Passthrou
       new FuseChannel(fs, policy, std::move(on_ready), std::move(fd)));
 }
 
-Status FuseChannel::mount(const std::string& mountpoint, const std::string& fsname, int ns_fd) {
-  // What libfuse's own mount passes for a root daemon; fsname becomes the
-  // source and the subtype comes from the type name.
-  const std::string data =
-      "fd=" + std::to_string(fd_) + ",rootmode=40000,user_id=" + std::to_string(::getuid()) +
-      ",group_id=" + std::to_string(::getgid()) + ",allow_other,default_permissions";
+Status FuseChannel::make_detached(const std::string& fsname) {
+  // What libfuse's own mount passes for a root daemon; the subtype makes the
+  // type fuse.<subtype> in the mount table.
+  UniqueFd fs(::fsopen("fuse", FSOPEN_CLOEXEC));
+  if (!fs) return std::unexpected(errno_error(errno, "fsopen(fuse)"));
+  const std::string fd = std::to_string(fd_);
+  const std::string uid = std::to_string(::getuid());
+  const std::string gid = std::to_string(::getgid());
+  const std::array<std::pair<const char*, const char*>, 6> strings{{{"source", fsname.c_str()},
+                                                                    {"subtype", kSubtype},
+                                                                    {"fd", fd.c_str()},
+                                                                    {"rootmode", "40000"},
+                                                                    {"user_id", uid.c_str()},
+                                                                    {"group_id", gid.c_str()}}};
+  for (const auto& [key, value] : strings)
+    if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, key, value, 0) != 0)
+      return std::unexpected(errno_error(errno, std::string("fsconfig(fuse, ") + key + ")"));
+  for (const char* flag : {"allow_other", "default_permissions", "ro"})
+    if (::fsconfig(fs.get(), FSCONFIG_SET_FLAG, flag, nullptr, 0) != 0)
+      return std::unexpected(errno_error(errno, std::string("fsconfig(fuse, ") + flag + ")"));
+  if (::fsconfig(fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0)
+    return std::unexpected(errno_error(errno, "cannot create the FUSE filesystem"));
+  detached_.reset(::fsmount(fs.get(), FSMOUNT_CLOEXEC,
+                            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
+  if (!detached_) return std::unexpected(errno_error(errno, "fsmount(fuse)"));
+  return {};
+}
+
+Status FuseChannel::attach(const std::string& mountpoint, int ns_fd) {
+  if (!detached_)
+    return std::unexpected(make_error(ErrorKind::internal, "no FUSE mount to attach"));
   UB_TRY(in_mount_ns(ns_fd, [&]() -> Status {
-    if (::mount(fsname.c_str(), mountpoint.c_str(), kFsType, MS_RDONLY | MS_NOSUID | MS_NODEV,
-                data.c_str()) != 0)
+    if (::move_mount(detached_.get(), "", AT_FDCWD, mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH) !=
+        0)
       return std::unexpected(errno_error(errno, "cannot mount FUSE at " + mountpoint));
     return {};
   }));
+  detached_.reset();
   mountpoint_ = mountpoint;
   ns_fd_ = ns_fd;
   mounted_ = true;
@@ -113,6 +140,7 @@ Status FuseChannel::mount(const std::string& mountpoint, const std::string& fsna
 }
 
 void FuseChannel::unmount() {
+  detached_.reset();
   if (!mounted_) return;
   mounted_ = false;
   // POLLERR on the device: the kernel dropped the connection, i.e. someone
@@ -262,7 +290,7 @@ void FuseChannel::settle_modes(bool passthrough_asked) {
     }
     fs_.set_mode(i, ids[i] > 0 ? ReadMode::passthrough : ReadMode::splice);
     if (ids[i] > 0) {
-      spdlog::info("{}: passthrough (backing id {})", file.ref.path, ids[i]);
+      spdlog::debug("{}: passthrough (backing id {})", file.ref.path, ids[i]);
     } else {
       spdlog::info("{}: splice: {}", file.ref.path, why);
       if (refused.empty()) {

@@ -66,14 +66,18 @@ class FuseChannel {
   // The session now closes the fd (fuse_session_custom_io succeeded).
   void hand_over() { (void)owned_.release(); }
 
-  // mount(2) of fuse.<subtype> at `mountpoint` with source `fsname`: ro,
-  // nosuid, nodev, allow_other, default_permissions.
-  // In the mount namespace `ns_fd` (borrowed; -1 = ours), which unmount()
-  // uses too.
-  [[nodiscard]] Status mount(const std::string& mountpoint, const std::string& fsname,
-                             int ns_fd = -1);
+  // Makes the filesystem, fuse.<subtype> with source `fsname` (ro, nosuid,
+  // nodev, allow_other, default_permissions), as a detached mount
+  // (fsopen/fsconfig/fsmount): in no mount namespace, reachable by no
+  // path. The kernel queues its INIT on the device at once, so the
+  // connection can be made ready before anyone can look at it.
+  [[nodiscard]] Status make_detached(const std::string& fsname);
+  // Moves the detached mount to `mountpoint` in the mount namespace `ns_fd`
+  // (borrowed; -1 = ours), which unmount() uses too.
+  [[nodiscard]] Status attach(const std::string& mountpoint, int ns_fd = -1);
   // Detaches the mount unless the kernel already dropped the connection
-  // (umount by someone else). Idempotent.
+  // (umount by someone else); a mount never attached just goes (its fd is
+  // closed). Idempotent.
   void unmount();
   // FUSE_DEV_IOC_BACKING_CLOSE for every registered id. Idempotent.
   void close_backing();
@@ -112,9 +116,10 @@ class FuseChannel {
   ReadyFn on_ready_;
   UniqueFd owned_;  // until hand_over()
   int fd_;
+  UniqueFd detached_;  // the mount until attach()
   std::string mountpoint_;
   int ns_fd_ = -1;
-  bool mounted_ = false;
+  bool mounted_ = false;  // attached
 
   std::atomic<bool> init_seen_{false};
   std::atomic<bool> kernel_offers_{false};

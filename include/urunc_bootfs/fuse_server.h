@@ -12,6 +12,7 @@
 // policy and the kernel allow, and ArtifactFs::mode() says which.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -30,42 +31,45 @@ enum class PassthroughPolicy {
 };
 
 struct FuseOptions {
-  std::string mountpoint;
   std::string fsname = "urunc-bootfs";
   bool debug = false;
   PassthroughPolicy passthrough = PassthroughPolicy::automatic;
-  // The mount namespace to mount in (and unmount from): an fd on
-  // /proc/<pid>/ns/mnt, borrowed for the server's lifetime; -1 = ours.
-  int mount_ns_fd = -1;
-  // Called once, from a loop thread, when the kernel has taken the INIT
-  // reply and every file's read mode is settled: from then on the
-  // filesystem answers. Not called when the policy cannot be met; the
-  // session then ends with that error (serve_on's on_end).
-  std::function<void()> on_init;
+  // How long prepare() waits for the kernel's INIT.
+  std::chrono::milliseconds init_timeout{std::chrono::seconds(10)};
 };
 
 class FuseLoop;
 
+// A mount's life: prepare() (the session, a detached FUSE mount, INIT
+// answered, every file's read mode settled), attach() (the mount appears at
+// its mountpoint), serve_on() (its requests go to a FuseLoop), and the end
+// of the session (unmounted, aborted, or ended) or release(). Between
+// prepare() and attach() the filesystem is complete and ready, yet
+// reachable by no path: a mount can be prepared before anyone asks for it.
 class FuseServer {
  public:
-  // Creates the session and mounts it. Nothing is mounted on failure.
-  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> mount(ArtifactFs& fs,
-                                                                 FuseOptions options);
+  // Creates the session and its filesystem, detached, and answers the
+  // kernel's INIT on this thread. Nothing is left on failure, which
+  // includes a passthrough policy the kernel cannot meet.
+  [[nodiscard]] static Result<std::unique_ptr<FuseServer>> prepare(ArtifactFs& fs,
+                                                                   FuseOptions options);
   ~FuseServer();
   FuseServer(const FuseServer&) = delete;
   FuseServer& operator=(const FuseServer&) = delete;
 
+  // Mounts the prepared filesystem at `mountpoint` in the mount namespace
+  // `ns_fd` (an fd on /proc/<pid>/ns/mnt, borrowed for the server's
+  // lifetime; -1 = ours), where release() unmounts it too.
+  [[nodiscard]] Status attach(const std::string& mountpoint, int ns_fd = -1);
+
   // Ends the session on its loop (FuseLoop::end). Safe from any thread.
   void stop();
 
-  // Serves the session on `loop`'s shared threads, after answering on the
-  // calling thread the INIT that mount(2) queued (so a mount is ready when
-  // this returns, without a wake-up of a worker). When the session ends
-  // (unmounted, connection aborted, INIT refused, FuseLoop::end()),
-  // `on_end` is called once (from a loop thread, or from this call when INIT
-  // was refused), after which the loop never touches this server again; the
-  // server may then be destroyed (from any thread but that call). Fails if
-  // the fd cannot be watched.
+  // Serves the session on `loop`'s shared threads. When the session ends
+  // (unmounted, connection aborted, FuseLoop::end()), `on_end` is called
+  // once, from a loop thread, after which the loop never touches this
+  // server again; the server may then be destroyed (from any thread but
+  // that call). Fails if the fd cannot be watched.
   [[nodiscard]] Status serve_on(FuseLoop& loop, std::function<void(Status)> on_end);
   // The id of this server on its loop (0 before serve_on()).
   [[nodiscard]] std::uint64_t loop_id() const;
