@@ -1,10 +1,16 @@
 #include "urunc_bootfs/artifacts.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <climits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+
+#include "urunc_bootfs/unique_fd.h"
 
 namespace urunc::bootfs {
 namespace {
@@ -33,12 +39,22 @@ bool allowed_char(char c) {
 }
 
 Result<std::string> read_small_file(const std::filesystem::path& path, std::size_t limit) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::unexpected(errno_error(errno, "cannot read " + path.string()));
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return std::unexpected(errno_error(errno, "cannot read " + path.string()));
+  // Grown as the file is read, never to the limit up front: a config.json
+  // is a few KiB, and zero-filling 16 MiB for it cost milliseconds.
   std::string data;
-  data.resize(limit + 1);
-  in.read(data.data(), static_cast<std::streamsize>(data.size()));
-  data.resize(static_cast<std::size_t>(in.gcount()));
+  std::size_t used = 0;
+  while (true) {
+    if (used == data.size())
+      data.resize(std::min(std::max<std::size_t>(data.size() * 2, 16384), limit + 1));
+    const ssize_t n = ::read(fd.get(), data.data() + used, data.size() - used);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return std::unexpected(errno_error(errno, "cannot read " + path.string()));
+    used += static_cast<std::size_t>(n);
+    if (n == 0 || used > limit) break;
+  }
+  data.resize(used);
   if (data.size() > limit)
     return std::unexpected(make_error(
         ErrorKind::invalid, path.string() + " is larger than " + std::to_string(limit) + " bytes"));

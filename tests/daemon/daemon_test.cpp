@@ -49,6 +49,7 @@ struct Image {
   std::string ref;
   std::string chain_id;  // its one layer's snapshot
   std::string kernel;
+  std::string initrd;
 };
 
 // One containerd and kImages single-layer images per test process.
@@ -73,7 +74,8 @@ Shared& shared() {
       Image image;
       image.kernel = random_bytes(512u << 10, 100 + static_cast<unsigned>(i));
       write_file(layer / ".boot/kernel", image.kernel, 0755);
-      write_file(layer / ".boot/initrd", random_bytes(64u << 10, 200 + static_cast<unsigned>(i)));
+      image.initrd = random_bytes(64u << 10, 200 + static_cast<unsigned>(i));
+      write_file(layer / ".boot/initrd", image.initrd);
       write_file(layer / "urunc.json", "{\"com.urunc.unikernel.binary\":\"" +
                                            base64_encode("/.boot/kernel") +
                                            "\",\"com.urunc.unikernel.initrd\":\"" +
@@ -212,6 +214,30 @@ class DaemonTest : public ::testing::Test {
     for (std::size_t i = 1; i < lines.size(); ++i)
       if (lines[i].starts_with(kPrefix)) out.push_back(lines[i].substr(0, lines[i].find(' ')));
     return out;
+  }
+
+  // This test's urunc-bootfs FUSE mounts in the mount table (the host may
+  // have other daemons' mounts: only those beneath this test's directory).
+  std::vector<std::string> bootfs_mounts() const {
+    std::vector<std::string> out;
+    const std::string under = tmp_.path().string() + "/";
+    for (const auto& m : mount_table())
+      if (m.fs_type == "fuse.urunc-bootfs" && m.mount_point.starts_with(under))
+        out.push_back(m.mount_point);
+    return out;
+  }
+
+  // The FUSE connections process `pid` holds: one /dev/fuse per mount it
+  // serves or has prepared (no clone fds).
+  static int fuse_fds(pid_t pid) {
+    int n = 0;
+    std::error_code ec;
+    for (auto it = fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+         !ec && it != fs::directory_iterator(); it.increment(ec)) {
+      std::error_code link_ec;
+      if (fs::read_symlink(it->path(), link_ec) == "/dev/fuse") ++n;
+    }
+    return n;
   }
 
   std::string mountpoint(const std::string& name) {
@@ -619,8 +645,98 @@ TEST_F(DaemonTest, AUruncContainersViewIsMadeAheadAndItsUnmountReleasesIt) {
   ASSERT_TRUE(cli_({"umount", warm}).ok());
 }
 
-// A view held ahead goes with its container, and after its hold time when
-// no mount came.
+// With the view, the container's whole mount is prepared ahead from the
+// image's /urunc.json: artifacts open, FUSE filesystem made and INIT
+// answered, yet detached (in no mount table: nothing shows at any
+// mountpoint before its mount asks). The container's mount only attaches
+// it; from then on it is a mount like any, and its unmount releases view
+// and lease.
+TEST_F(DaemonTest, AUruncContainersMountIsMadeAheadAndOnlyAttachedWhenAsked) {
+  const auto warm = mountpoint("warm");
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
+  const pid_t daemon = cli_.host_daemon();
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(fuse_fds(daemon), 1) << "the warm mount's connection";
+  create_urunc(1, "u");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("mounts_made") == 1; })) << cli_.ping().dump();
+  EXPECT_EQ(ahead_count("held"), 1U);
+  EXPECT_EQ(fuse_fds(daemon), 2) << "the prepared mount has its FUSE connection";
+  EXPECT_EQ(bootfs_mounts(), std::vector<std::string>{warm}) << "a prepared mount is detached";
+  EXPECT_EQ(views().size(), 2U);
+  const auto mnt = mountpoint("u");
+  auto mounted = mount("u", mnt);
+  ASSERT_TRUE(mounted.ok()) << mounted.describe();
+  const auto status = cli_.status(mnt);
+  EXPECT_TRUE(status["mount_made_ahead"].get<bool>()) << status.dump();
+  EXPECT_TRUE(status["view_shared"].get<bool>()) << status.dump();
+  EXPECT_EQ(status["containerd"]["located_by"], "events");
+  EXPECT_EQ(status["origin"], "urunc.json");
+  EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[1].kernel);
+  EXPECT_TRUE(fs::exists(mnt + "/.boot/initrd"));
+  EXPECT_EQ(bootfs_mounts(), (std::vector<std::string>{warm, mnt}));
+  EXPECT_EQ(fuse_fds(daemon), 2) << "attached, not made again";
+  EXPECT_EQ(ahead_count("mounts_used"), 1U);
+  EXPECT_EQ(ahead_count("used"), 1U);
+  EXPECT_EQ(ahead_count("held"), 0U);
+  ASSERT_TRUE(cli_({"umount", mnt}).ok());
+  EXPECT_EQ(views().size(), 1U) << "the last unmount of the image released its view";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U) << "and its lease";
+  EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 1; })) << "its connection is closed";
+  ASSERT_TRUE(cli_({"umount", warm}).ok());
+}
+
+// The files a mount serves come by urunc's precedence (flags, then the
+// bundle's config.json annotations, then the image's /urunc.json), and a
+// mount prepared ahead could only read /urunc.json. Annotations that name a
+// binary (and validate) are used whole: the initrd then comes only from
+// them, so a bundle naming /.boot/initrd as its binary gets that file as
+// its kernel, no initrd, and /urunc.json; /.boot/kernel is not served. The
+// prepared mount is not that, so it is dropped and the mount is made as
+// usual, still on the view made ahead.
+TEST_F(DaemonTest, ABundleThatNamesOtherFilesGetsThemNotTheMountMadeAhead) {
+  const auto warm = mountpoint("warm");
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
+  const pid_t daemon = cli_.host_daemon();
+  ASSERT_GT(daemon, 0);
+  create_urunc(1, "u");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("mounts_made") == 1; })) << cli_.ping().dump();
+  const auto bundle = tmp_ / "bundle";
+  fs::create_directories(bundle);
+  // config.json's annotations are plain strings (urunc.json's are base64).
+  write_file(
+      bundle / "config.json",
+      R"({"ociVersion":"1.0.2","annotations":{"com.urunc.unikernel.binary":"/.boot/initrd"}})");
+  const auto mnt = mountpoint("u");
+  auto mounted = cli_({"mount", "--address", ctrd_->socket(), "-n", ns_, "--container", "u",
+                       "--bundle", bundle.string(), mnt},
+                      kCliTimeout);
+  ASSERT_TRUE(mounted.ok()) << mounted.describe();
+  const auto status = cli_.status(mnt);
+  EXPECT_FALSE(status["mount_made_ahead"].get<bool>()) << status.dump();
+  EXPECT_TRUE(status["view_shared"].get<bool>()) << "the view made ahead is still used";
+  EXPECT_EQ(status["containerd"]["located_by"], "events");
+  EXPECT_EQ(status["origin"], "annotations");
+  std::vector<std::string> served;
+  for (const auto& a : status["artifacts"])
+    served.push_back(a.value("role", "") + " " + a.value("path", ""));
+  EXPECT_EQ(served, (std::vector<std::string>{"kernel /.boot/initrd", "urunc.json /urunc.json"}));
+  EXPECT_EQ(read_file(mnt + "/.boot/initrd"), shared().images[1].initrd);
+  EXPECT_FALSE(fs::exists(mnt + "/.boot/kernel"));
+  EXPECT_TRUE(fs::exists(mnt + "/urunc.json"));
+  EXPECT_EQ(ahead_count("mounts_used"), 0U);
+  EXPECT_EQ(ahead_count("used"), 1U);
+  EXPECT_EQ(ahead_count("held"), 0U);
+  EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 2; }))
+      << "the prepared mount's connection is closed: " << fuse_fds(daemon);
+  ASSERT_TRUE(cli_({"umount", mnt}).ok());
+  EXPECT_EQ(views().size(), 1U) << "the last unmount of the image released its view";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U) << "and its lease";
+  ASSERT_TRUE(cli_({"umount", warm}).ok());
+}
+
+// A view held ahead, and the mount prepared with it, go with their
+// container, and after their hold time when no mount came: the prepared
+// mount's FUSE connection and files are closed, then the view released.
 TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
   const auto config = tmp_ / "config.json";
   write_file(config, "{\"view_ahead_ms\": 1500}");
@@ -628,37 +744,58 @@ TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
   const auto warm = mountpoint("warm");
   ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
   ::unsetenv("URUNC_BOOTFS_CONFIG");
+  const pid_t daemon = cli_.host_daemon();
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(fuse_fds(daemon), 1) << "the warm mount's connection";
   create_urunc(1, "deleted");
   ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
+  EXPECT_EQ(ahead_count("mounts_made"), 1U);
+  EXPECT_EQ(fuse_fds(daemon), 2) << "the prepared mount's connection";
   ASSERT_TRUE(ctr({"containers", "rm", "deleted"}).ok());
   EXPECT_TRUE(wait_for([&] { return views().size() == 1; })) << "the view outlived its container";
+  EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 1; }))
+      << "the prepared mount outlived its container: " << fuse_fds(daemon);
   EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
   create_urunc(1, "idle");
   ASSERT_TRUE(wait_for([&] { return ahead_count("made") == 2; })) << cli_.ping().dump();
+  EXPECT_EQ(ahead_count("mounts_made"), 2U);
   EXPECT_EQ(views().size(), 2U);
   EXPECT_TRUE(wait_for([&] { return ahead_count("expired") == 1; }, 10s)) << cli_.ping().dump();
   EXPECT_TRUE(wait_for([&] { return views().size() == 1; })) << "the view outlived its hold time";
+  EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 1; }))
+      << "the prepared mount outlived its hold time: " << fuse_fds(daemon);
   EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
-  // Its container still mounts: the view is made at mount time then.
+  EXPECT_EQ(bootfs_mounts(), std::vector<std::string>{warm});
+  EXPECT_EQ(ahead_count("mounts_used"), 0U);
+  // Its container still mounts: the view and the mount are made at mount
+  // time then.
   const auto mnt = mountpoint("idle");
   ASSERT_TRUE(mount("idle", mnt).ok());
-  EXPECT_FALSE(cli_.status(mnt)["view_shared"].get<bool>());
+  const auto status = cli_.status(mnt);
+  EXPECT_FALSE(status["view_shared"].get<bool>()) << status.dump();
+  EXPECT_FALSE(status["mount_made_ahead"].get<bool>()) << status.dump();
   EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[1].kernel);
   ASSERT_TRUE(cli_({"umount", mnt}).ok());
   ASSERT_TRUE(cli_({"umount", warm}).ok());
 }
 
-// A daemon killed while it holds a view ahead (no mount, no state file)
-// leaves it labelled with its owner: gc removes view and lease.
+// A daemon killed while it holds a view and a mount ahead (no mount, no
+// state file): the prepared mount was detached, so it goes with the
+// process and leaves no mount behind; the view's lease is labelled with
+// its owner, so gc removes view and lease.
 TEST_F(DaemonTest, Kill9WhileHoldingAViewAheadGcRemovesIt) {
   const auto warm = mountpoint("warm");
   ASSERT_NO_FATAL_FAILURE(watching_with_image(2, warm));
   create_urunc(2, "u");
-  ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
+  ASSERT_TRUE(wait_for([&] { return ahead_count("mounts_made") == 1; })) << cli_.ping().dump();
+  ASSERT_EQ(ahead_count("held"), 1U);
   const pid_t daemon = cli_.host_daemon();
   ASSERT_GT(daemon, 0);
+  ASSERT_EQ(fuse_fds(daemon), 2) << "the warm mount's and the prepared mount's connections";
   ASSERT_EQ(::kill(daemon, SIGKILL), 0);
   ASSERT_TRUE(wait_for([&] { return !pid_alive(daemon); }));
+  // The warm mount stays (dead) until it is cleaned; nothing else.
+  EXPECT_EQ(bootfs_mounts(), std::vector<std::string>{warm});
   EXPECT_EQ(views().size(), 2U);
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   EXPECT_TRUE(gc.ok()) << gc.describe();
@@ -670,6 +807,21 @@ TEST_F(DaemonTest, Kill9WhileHoldingAViewAheadGcRemovesIt) {
   EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[2].kernel);
   ASSERT_TRUE(cli_({"umount", mnt}).ok());
   (void)cli_({"umount", "--lazy", warm});
+}
+
+// A daemon stopped while it holds a mount ahead closes it and releases
+// its view and lease itself before it exits: nothing is left for gc.
+TEST_F(DaemonTest, ADaemonStoppedWhileHoldingAMountAheadReleasesItsView) {
+  const auto warm = mountpoint("warm");
+  ASSERT_NO_FATAL_FAILURE(watching_with_image(3, warm));
+  create_urunc(3, "u");
+  ASSERT_TRUE(wait_for([&] { return ahead_count("mounts_made") == 1; })) << cli_.ping().dump();
+  ASSERT_TRUE(cli_({"umount", warm}).ok());
+  ASSERT_EQ(ahead_count("held"), 1U);
+  ASSERT_EQ(views().size(), 1U) << "the view of the urunc container's image";
+  EXPECT_TRUE(cli_.stop_daemon()) << "the daemon did not stop on SIGTERM";
+  EXPECT_EQ(views(), std::vector<std::string>{});
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix), std::vector<std::string>{});
 }
 
 TEST_F(DaemonTest, ALingeringViewServesTheNextContainerThenGoes) {
