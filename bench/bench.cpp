@@ -68,10 +68,13 @@
 #include <tuple>
 #include <vector>
 
+#include "copy_files.h"
 #include "urunc_bootfs/snapshot/client.h"
 #include "urunc_bootfs/snapshot/detached_mount.h"
 
 extern char** environ;
+
+using urunc::bootfs::bench::copy_boot_files;
 
 namespace {
 namespace fsys = std::filesystem;
@@ -562,9 +565,11 @@ class Bench {
   // its runtime's `create` runs: timed from the client's spawn to the
   // kernel's first byte at B/boot. `gap_ms` gets how long after `ctr run`
   // started that moment came; the create then fails (no container runs).
+  // With `socket`, the runtime speaks the daemon's socket itself
+  // (docs/protocol.md) instead of starting `urunc-bootfs mount`.
   double runtime_create_ready_ms(const Containerd& c, const Image& image,
                                  const std::string& snapshotter, const std::string& id,
-                                 double* gap_ms, json* record);
+                                 double* gap_ms, json* record, bool socket = false);
   // The daemon's own step timings of the mount at `mnt` (its state file).
   json mount_record(const std::string& mnt) {
     std::error_code ec;
@@ -622,8 +627,12 @@ class Bench {
     int loop_fd = -1;
     long long tmpfs_used = 0;
     std::vector<double> ms;
+    // The copy done by this process itself, as urunc's own code does it
+    // (no process start), instead of by urunc-bootfs-copy.
+    bool in_process = false;
   };
-  CopyRig make_copy_rig(std::size_t kernel_bytes, std::size_t initrd_bytes);
+  CopyRig make_copy_rig(std::size_t kernel_bytes, std::size_t initrd_bytes,
+                        bool in_process = false);
   double copy_once(CopyRig& rig);
   json copy_result(CopyRig& rig);
   json copy_baseline(std::size_t kernel_bytes, std::size_t initrd_bytes, int runs);
@@ -1041,11 +1050,14 @@ std::pair<std::string, int> make_loop_rootfs(const fsys::path& tree, const fsys:
   return {dev, loop};
 }
 
-Bench::CopyRig Bench::make_copy_rig(std::size_t kernel_bytes, std::size_t initrd_bytes) {
+Bench::CopyRig Bench::make_copy_rig(std::size_t kernel_bytes, std::size_t initrd_bytes,
+                                    bool in_process) {
   CopyRig rig;
   rig.kernel_bytes = kernel_bytes;
   rig.initrd_bytes = initrd_bytes;
-  const std::string name = std::to_string(kernel_bytes / kKiB) + "k";
+  rig.in_process = in_process;
+  const std::string name =
+      std::to_string(kernel_bytes / kKiB) + "k" + (in_process ? "-in-process" : "");
   const fsys::path tree = work_ / ("copy-tree-" + name);
   fsys::create_directories(tree / ".boot");
   write_random_file(tree / ".boot/kernel", kernel_bytes, 2);
@@ -1084,12 +1096,21 @@ double Bench::copy_once(CopyRig& rig) {
     fail_errno("mount tmpfs");
   other_mounts_.insert(rig.tmpfs);
   std::this_thread::sleep_for(std::chrono::milliseconds(kSettleMs));
-  const Child child =
-      spawn({copy_bin_, rig.rootfs, rig.tmpfs, ".boot/kernel", ".boot/initrd", "urunc.json"}, log_);
-  const int rc = wait_exit(child.pid);
-  const double t = ms_since(child.started);
-  if (rc != 0)
-    fail("urunc-bootfs-copy failed (exit " + std::to_string(rc) + "), see " + log_.string());
+  double t = 0;
+  if (rig.in_process) {
+    const auto start = Clock::now();
+    const std::string error =
+        copy_boot_files(rig.rootfs, rig.tmpfs, {".boot/kernel", ".boot/initrd", "urunc.json"});
+    t = ms_since(start);
+    if (!error.empty()) fail("urunc's copy in this process: " + error);
+  } else {
+    const Child child = spawn(
+        {copy_bin_, rig.rootfs, rig.tmpfs, ".boot/kernel", ".boot/initrd", "urunc.json"}, log_);
+    const int rc = wait_exit(child.pid);
+    t = ms_since(child.started);
+    if (rc != 0)
+      fail("urunc-bootfs-copy failed (exit " + std::to_string(rc) + "), see " + log_.string());
+  }
   if (in_mount_table(rig.rootfs)) fail("urunc-bootfs-copy left " + rig.rootfs + " mounted");
   other_mounts_.erase(rig.rootfs);
   struct statvfs sv {};
@@ -1182,7 +1203,7 @@ void Bench::install_runtime() {
 
 double Bench::runtime_create_ready_ms(const Containerd& c, const Image& image,
                                       const std::string& snapshotter, const std::string& id,
-                                      double* gap_ms, json* record) {
+                                      double* gap_ms, json* record, bool socket) {
   const Child run = spawn(
       {c.ctr, "--address", c.socket, "--namespace", kNamespace, "run", "--rm", "--snapshotter",
        snapshotter, "--runtime", "io.containerd.urunc.v2", image.ref, id, "/none"},
@@ -1210,10 +1231,29 @@ double Bench::runtime_create_ready_ms(const Containerd& c, const Image& image,
   bundle = trim(bundle);
   const std::string mnt = bundle + "/boot";
   bootfs_mounts_.insert(mnt);
-  const Child child = spawn({bin_, "mount", "--address", c.socket, "--bundle", bundle}, log_);
-  const int rc = wait_exit(child.pid);
-  if (rc == 0) first_byte(mnt + "/.boot/kernel");
-  const double ms = ms_since(child.started);
+  int rc = 0;
+  double ms = 0;
+  if (socket) {
+    // As urunc's own code would: <bundle>/boot made, one request.
+    fsys::create_directories(mnt);
+    const json request = {
+        {"v", 1},
+        {"op", "mount"},
+        {"request",
+         {{"mountpoint", mnt},
+          {"bundle", bundle},
+          {"containerd", {{"address", c.socket}, {"namespace", kNamespace}, {"container", id}}}}}};
+    const auto start = Clock::now();
+    const auto reply = daemon_request(state_ / "daemon.sock", request);
+    rc = reply && reply->value("ok", false) ? 0 : 1;
+    if (rc == 0) first_byte(mnt + "/.boot/kernel");
+    ms = ms_since(start);
+  } else {
+    const Child child = spawn({bin_, "mount", "--address", c.socket, "--bundle", bundle}, log_);
+    rc = wait_exit(child.pid);
+    if (rc == 0) first_byte(mnt + "/.boot/kernel");
+    ms = ms_since(child.started);
+  }
   if (rc == 0 && record != nullptr) *record = mount_record(mnt);
   if (rc == 0) bootfs_umount(mnt);
   // Let the create fail, and ctr run end (it removes its container).
@@ -1287,7 +1327,7 @@ json Bench::containerd_ready(Containerd& c, const std::string& snapshotter, bool
       double t = 0;
       json rec;
       if (at_create) {
-        t = runtime_create_ready_ms(c, *each_new, snapshotter, run_id, &exit_t, &rec);
+        t = runtime_create_ready_ms(c, *each_new, snapshotter, run_id, &exit_t, &rec, socket);
       } else {
         const std::string run_mnt = each_new != nullptr ? new_mountpoint(run_id) : mnt;
         if (each_new != nullptr) create_container(c, *each_new, snapshotter, run_id);
@@ -1307,6 +1347,7 @@ json Bench::containerd_ready(Containerd& c, const std::string& snapshotter, bool
     }
     json s = summary(ms);
     s[at_create ? "runtime_create_after" : socket ? "reply" : "client_exit"] = summary(exit_ms);
+    s["socket"] = socket;
     json step_medians = json::object();
     for (const auto& [k, v] : steps) step_medians[k] = median(v);
     // Timed mounts that found their view there (shared, or made ahead), and
@@ -1331,6 +1372,13 @@ json Bench::containerd_ready(Containerd& c, const std::string& snapshotter, bool
   out["new_create"] = series(snapshotter + "-s-run-", "", true, copy_small ? &*copy_small : nullptr,
                              false, &small, true);
   if (copy_small) out["copy_small"] = copy_result(*copy_small);
+  // A runtime that speaks the socket, against urunc's copy done inside the
+  // runtime's own process: neither starts a process.
+  std::optional<CopyRig> copy_small_in, copy_large_in;
+  if (with_copies) copy_small_in = make_copy_rig(2 * kMiB, 64 * kKiB, true);
+  out["new_create_socket"] = series(snapshotter + "-s-runsock-", "", true,
+                                    copy_small_in ? &*copy_small_in : nullptr, true, &small, true);
+  if (copy_small_in) out["copy_small_in_process"] = copy_result(*copy_small_in);
   if (with_large) {
     const Image large = build_image("large", 10 * kMiB, 64 * kMiB);
     import_image(c, large, snapshotter);
@@ -1344,6 +1392,10 @@ json Bench::containerd_ready(Containerd& c, const std::string& snapshotter, bool
     out["new_large_create"] =
         series(snapshotter + "-l-run-", "", true, &*copy_large, false, &large, true);
     out["copy_large"] = copy_result(*copy_large);
+    copy_large_in = make_copy_rig(10 * kMiB, 64 * kMiB, true);
+    out["new_large_create_socket"] =
+        series(snapshotter + "-l-runsock-", "", true, &*copy_large_in, true, &large, true);
+    out["copy_large_in_process"] = copy_result(*copy_large_in);
   }
   // An image that has a view: another container of it stays mounted.
   (void)container_ready_ms(c, hold, m_hold);
@@ -2005,6 +2057,16 @@ std::vector<Goal> goals(const json& d) {
              fmt(r / b, 2) + " (" + fmt(r, 2) + " / " + fmt(b, 2) + " ms)", "<= 0.5",
              verdict(r / b <= 0.5)});
       }
+      if (s->contains("new_create_socket") && s->contains("copy_small_in_process")) {
+        const double r = (*s)["new_create_socket"]["median_ms"].get<double>();
+        const double i = (*s)["copy_small_in_process"]["median_ms"].get<double>();
+        g.push_back(
+            {"vs urunc's copy, 2 MiB + 64 KiB, neither starting a process (new image, "
+             "`ctr run`, the runtime asks the socket at its create / the copy in the "
+             "runtime's process)",
+             fmt(r / i, 2) + " (" + fmt(r, 2) + " / " + fmt(i, 2) + " ms)", "<= 0.5",
+             verdict(r / i <= 0.5)});
+      }
       g.push_back({"vs urunc's copy, 2 MiB + 64 KiB (new image, view made at mount / copy)",
                    fmt(a / b, 2) + " (" + fmt(a, 2) + " / " + fmt(b, 2) + " ms)", "-", "-"});
       if (s->contains("new_ahead")) {
@@ -2029,6 +2091,16 @@ std::vector<Goal> goals(const json& d) {
              "runtime's create / copy)",
              fmt(r / b, 3) + " (" + fmt(r, 2) + " / " + fmt(b, 2) + " ms)", "<= 0.1",
              verdict(r / b <= 0.1)});
+      }
+      if (s->contains("new_large_create_socket") && s->contains("copy_large_in_process")) {
+        const double r = (*s)["new_large_create_socket"]["median_ms"].get<double>();
+        const double i = (*s)["copy_large_in_process"]["median_ms"].get<double>();
+        g.push_back(
+            {"vs urunc's copy, 10 MiB + 64 MiB, neither starting a process (new image, "
+             "`ctr run`, the runtime asks the socket at its create / the copy in the "
+             "runtime's process)",
+             fmt(r / i, 3) + " (" + fmt(r, 2) + " / " + fmt(i, 2) + " ms)", "<= 0.1",
+             verdict(r / i <= 0.1)});
       }
       g.push_back({"vs urunc's copy, 10 MiB + 64 MiB (new image, view made at mount / copy)",
                    fmt(a / b, 3) + " (" + fmt(a, 2) + " / " + fmt(b, 2) + " ms)", "-", "-"});
@@ -2180,6 +2252,14 @@ std::string table(const json& d) {
                ": new image, 2 MiB + 64 KiB, a urunc container by `ctr run`, at its runtime's "
                "create",
            (*s)["new_create"]);
+    if (s->contains("new_create_socket"))
+      line(tag +
+               ": new image, 2 MiB + 64 KiB, `ctr run`, the runtime asks the socket at its "
+               "create",
+           (*s)["new_create_socket"]);
+    if (s->contains("copy_small_in_process"))
+      line(tag + ": urunc's copy in the runtime's process, 2 MiB + 64 KiB",
+           (*s)["copy_small_in_process"]);
     if (s->contains("new_large"))
       line(tag + ": new image, 10 MiB + 64 MiB, view made at mount", (*s)["new_large"]);
     if (s->contains("new_large_create"))
@@ -2187,6 +2267,14 @@ std::string table(const json& d) {
                ": new image, 10 MiB + 64 MiB, a urunc container by `ctr run`, at its runtime's "
                "create",
            (*s)["new_large_create"]);
+    if (s->contains("new_large_create_socket"))
+      line(tag +
+               ": new image, 10 MiB + 64 MiB, `ctr run`, the runtime asks the socket at its "
+               "create",
+           (*s)["new_large_create_socket"]);
+    if (s->contains("copy_large_in_process"))
+      line(tag + ": urunc's copy in the runtime's process, 10 MiB + 64 MiB",
+           (*s)["copy_large_in_process"]);
     if (s->contains("new_large_ahead"))
       line(tag + ": new image, 10 MiB + 64 MiB, a urunc container (view made ahead)",
            (*s)["new_large_ahead"]);

@@ -213,6 +213,23 @@ void clean_after_dead_daemon(const std::string& mountpoint) {
   ::waitpid(child, nullptr, 0);
 }
 
+// The daemon answered INIT: confirm that its filesystem is the one at the
+// mountpoint in this mount namespace. By the device number it reported,
+// with the attributes the kernel holds (no request to the daemon); a
+// daemon that reports none is checked by statfs (a FUSE request).
+bool mounted_here(const std::string& mountpoint, const std::string& device) {
+  unsigned major_number = 0;
+  unsigned minor_number = 0;
+  if (std::sscanf(device.c_str(), "%u:%u", &major_number, &minor_number) == 2) {
+    struct statx stx {};
+    return ::statx(AT_FDCWD, mountpoint.c_str(), AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+                   STATX_TYPE, &stx) == 0 &&
+           stx.stx_dev_major == major_number && stx.stx_dev_minor == minor_number;
+  }
+  struct statfs sfs {};
+  return ::statfs(mountpoint.c_str(), &sfs) == 0 && sfs.f_type == FUSE_SUPER_MAGIC;
+}
+
 int mount_at(MountRequest request) {
   request.mountpoint = normalize_mountpoint(request.mountpoint);
   if (!request.bundle.empty())
@@ -250,9 +267,7 @@ int mount_at(MountRequest request) {
     return report(reply.error());
   }
   if (!reply->value("ok", false)) return report_reply(*reply);
-  // The daemon saw INIT; confirm that the mountpoint answers as FUSE here.
-  struct statfs sfs {};
-  if (::statfs(mountpoint.c_str(), &sfs) == 0 && sfs.f_type == FUSE_SUPER_MAGIC) return 0;
+  if (mounted_here(mountpoint, reply->value("device", ""))) return 0;
   (void)call({{"v", kProtocolVersion},
               {"op", "release"},
               {"mountpoint", mountpoint},

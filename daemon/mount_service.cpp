@@ -393,7 +393,8 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
   for (const auto& [step, ms] : state.timings) timings += fmt::format(" {} {:.2f}", step, ms);
   spdlog::debug("mounted {} ({} artifact(s)), ms:{}", request.mountpoint, state.artifacts.size(),
                 timings);
-  return MountSummary{request.mountpoint, state.timings, state.view_shared, state.mount_made_ahead};
+  return MountSummary{request.mountpoint, state.timings, state.view_shared, state.mount_made_ahead,
+                      live->server->device()};
 }
 
 void MountService::on_end(const std::shared_ptr<Live>& live, Status status) {

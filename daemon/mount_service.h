@@ -88,6 +88,7 @@ struct MountSummary {
   std::vector<std::pair<std::string, double>> timings;
   bool view_shared = false;
   bool mount_made_ahead = false;
+  dev_t device = 0;  // the FUSE filesystem's, as a stat of the mountpoint shows it
 };
 
 struct ReleaseSummary {

@@ -9,6 +9,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -184,6 +185,8 @@ class Server {
     reply["mountpoint"] = mounted->mountpoint;
     reply["view_shared"] = mounted->view_shared;
     reply["mount_made_ahead"] = mounted->mount_made_ahead;
+    reply["device"] =
+        std::to_string(major(mounted->device)) + ":" + std::to_string(minor(mounted->device));
     nlohmann::json timings = nlohmann::json::object();
     for (const auto& [step, ms] : mounted->timings) timings[step] = ms;
     reply["timings_ms"] = timings;

@@ -382,6 +382,10 @@ Status FuseServer::attach(const std::string& mountpoint, int ns_fd) {
   return impl_->channel->attach(mountpoint, ns_fd);
 }
 
+dev_t FuseServer::device() const {
+  return impl_->channel->device();
+}
+
 void FuseServer::stop() {
   if (impl_->loop != nullptr) impl_->loop->end(impl_->loop_id);
 }

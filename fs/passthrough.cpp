@@ -6,7 +6,9 @@
 #include <sys/ioctl.h>
 // glibc (2.36 and later) declares the new mount API in <sys/mount.h>.
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <array>
@@ -120,6 +122,12 @@ Status FuseChannel::make_detached(const std::string& fsname) {
   detached_.reset(::fsmount(fs.get(), FSMOUNT_CLOEXEC,
                             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
   if (!detached_) return std::unexpected(errno_error(errno, "fsmount(fuse)"));
+  // DONT_SYNC: the attributes the kernel has, without a GETATTR nobody
+  // would answer yet.
+  struct statx stx {};
+  if (::statx(detached_.get(), "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, &stx) != 0)
+    return std::unexpected(errno_error(errno, "statx of the FUSE mount"));
+  device_ = makedev(stx.stx_dev_major, stx.stx_dev_minor);
   return {};
 }
 

@@ -72,6 +72,9 @@ class FuseChannel {
   // path. The kernel queues its INIT on the device at once, so the
   // connection can be made ready before anyone can look at it.
   [[nodiscard]] Status make_detached(const std::string& fsname);
+  // The filesystem's device number (0 before make_detached()): what a
+  // stat of the mountpoint shows once attached.
+  [[nodiscard]] dev_t device() const { return device_; }
   // Moves the detached mount to `mountpoint` in the mount namespace `ns_fd`
   // (borrowed; -1 = ours), which unmount() uses too.
   [[nodiscard]] Status attach(const std::string& mountpoint, int ns_fd = -1);
@@ -117,6 +120,7 @@ class FuseChannel {
   UniqueFd owned_;  // until hand_over()
   int fd_;
   UniqueFd detached_;  // the mount until attach()
+  dev_t device_ = 0;
   std::string mountpoint_;
   int ns_fd_ = -1;
   bool mounted_ = false;  // attached

@@ -12,6 +12,8 @@
 // policy and the kernel allow, and ArtifactFs::mode() says which.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -61,6 +63,8 @@ class FuseServer {
   // `ns_fd` (an fd on /proc/<pid>/ns/mnt, borrowed for the server's
   // lifetime; -1 = ours), where release() unmounts it too.
   [[nodiscard]] Status attach(const std::string& mountpoint, int ns_fd = -1);
+  // The filesystem's device number, as a stat of the mountpoint shows it.
+  [[nodiscard]] dev_t device() const;
 
   // Ends the session on its loop (FuseLoop::end). Safe from any thread.
   void stop();
