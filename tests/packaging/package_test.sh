@@ -190,7 +190,11 @@ step_lintian() {
   need lintian
   local deb out rc=0
   deb=$(the_deb)
-  out=$(lintian --fail-on error --display-info --pedantic --show-overrides "$deb" 2>&1) || rc=$?
+  # The verdict from a run without --show-overrides: with it, lintian
+  # (2.116) fails on an error-level tag even when it is overridden (the
+  # thin client's statically-linked-binary).
+  lintian --fail-on error "$deb" >/dev/null 2>&1 || rc=$?
+  out=$(lintian --display-info --pedantic --show-overrides "$deb" 2>&1 || true)
   out=$(grep -v '^running with root privileges' <<<"$out" || true)
   say "lintian $(lintian --version | awk '{print $2}') on $(basename "$deb"):"
   say "${out:-(nothing to report)}"
