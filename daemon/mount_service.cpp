@@ -389,10 +389,12 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
       std::thread([this, live] { finish(live); }).detach();
     }
   }
-  std::string timings;
-  for (const auto& [step, ms] : state.timings) timings += fmt::format(" {} {:.2f}", step, ms);
-  spdlog::debug("mounted {} ({} artifact(s)), ms:{}", request.mountpoint, state.artifacts.size(),
-                timings);
+  if (spdlog::should_log(spdlog::level::debug)) {
+    std::string timings;
+    for (const auto& [step, ms] : state.timings) timings += fmt::format(" {} {:.2f}", step, ms);
+    spdlog::debug("mounted {} ({} artifact(s)), ms:{}", request.mountpoint, state.artifacts.size(),
+                  timings);
+  }
   return MountSummary{request.mountpoint, state.timings, state.view_shared, state.mount_made_ahead,
                       live->server->device()};
 }
