@@ -548,6 +548,17 @@ Status locate(ClientPool& pool, snap::Client& client, const ContainerdRequest& r
 
 namespace {
 
+// The containerd part of a mount's record, as the request names it.
+ContainerdState& start_record(const ContainerdRequest& request, MountState& state) {
+  state.source_kind = "containerd";
+  state.containerd = ContainerdState{};
+  ContainerdState& cd = *state.containerd;
+  cd.address = request.address;
+  cd.ns = request.ns;
+  cd.container = request.container;
+  return cd;
+}
+
 // The view's part of a mount's record.
 void record_view(const ViewRegistry::Ref& ref, MountState& state) {
   const ViewRecord& record = ref.record();
@@ -563,12 +574,7 @@ void record_view(const ViewRegistry::Ref& ref, MountState& state) {
 
 std::unique_ptr<Source> adopt_view_made_ahead(ViewRegistry::Ref ref, const Located& where,
                                               const ContainerdRequest& request, MountState& state) {
-  state.source_kind = "containerd";
-  state.containerd = ContainerdState{};
-  ContainerdState& cd = *state.containerd;
-  cd.address = request.address;
-  cd.ns = request.ns;
-  cd.container = request.container;
+  ContainerdState& cd = start_record(request, state);
   cd.snapshotter = where.snapshotter;
   cd.parent = where.parent;
   cd.located_by = "events";
@@ -581,12 +587,7 @@ std::unique_ptr<Source> adopt_view_made_ahead(ViewRegistry::Ref ref, const Locat
 Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, ViewRegistry& views,
                                                        const ContainerdRequest& request,
                                                        MountState& state, StepClock& clock) {
-  state.source_kind = "containerd";
-  state.containerd = ContainerdState{};
-  ContainerdState& cd = *state.containerd;
-  cd.address = request.address;
-  cd.ns = request.ns;
-  cd.container = request.container;
+  ContainerdState& cd = start_record(request, state);
   UB_TRY(save_state(state));
 
   auto client =
