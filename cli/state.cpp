@@ -170,16 +170,20 @@ bool held_by_live_daemon(const MountState& state) {
 
 Status save_state(const MountState& state) {
   const fsys::path path = state_path(state.mountpoint, state.mount_ns);
-  std::error_code ec;
-  fsys::create_directories(path.parent_path(), ec);
-  if (ec)
-    return std::unexpected(
-        make_error(ErrorKind::permission,
-                   "cannot create " + path.parent_path().string() + ": " + ec.message()));
   const fsys::path tmp = path.string() + ".tmp." + std::to_string(::gettid());
   const std::string text = to_json(state).dump(2) + "\n";
   {
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == ENOENT) {
+      // The first record of this state directory: make it.
+      std::error_code ec;
+      fsys::create_directories(path.parent_path(), ec);
+      if (ec)
+        return std::unexpected(
+            make_error(ErrorKind::permission,
+                       "cannot create " + path.parent_path().string() + ": " + ec.message()));
+      fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    }
     if (fd < 0) return std::unexpected(errno_error(errno, "cannot write " + tmp.string()));
     const ssize_t n = ::write(fd, text.data(), text.size());
     const int err = errno;
