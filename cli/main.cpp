@@ -273,9 +273,10 @@ int run(int argc, char** argv) {
         "io.containerd.urunc.v2)");
     daemon_cmd
         ->add_option("--view-ahead-ms", daemon_view_ahead_ms,
-                     "make the view of a watched container's image as soon as it is located,\n"
-                     "and hold it this long for the container's mount (0: views at mount\n"
-                     "time only; default: config, 60000)")
+                     "make the view of a watched container's image, and its mount (detached,\n"
+                     "from the image's /urunc.json), as soon as it is located, and hold them\n"
+                     "this long for the container's mount (0: nothing made ahead; default:\n"
+                     "config, 60000)")
         ->check(CLI::Range(0, 86400000));
     daemon_cmd->footer(kFooter);
   }
