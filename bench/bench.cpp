@@ -2392,13 +2392,20 @@ void plot(const json& d, const fsys::path& out) {
     for (const char* snapshotter : {"overlayfs", "blockfile"})
       if (const json* s = ran(d, snapshotter, why); s != nullptr) {
         const std::string t = snapshotter == std::string("overlayfs") ? "ovl" : "blk";
+        // "run": a new urunc container by `ctr run`, mounted at its
+        // runtime's create; "sock": the same, asked of the socket.
         bar(t + " floor", (*s)["floor"]);
-        bar(t + " view", (*s)["shared"]);
-        bar(t + " new", (*s)["new_small"]);
-        if (s->contains("new_ahead")) bar(t + " new, ahead", (*s)["new_ahead"]);
-        if (s->contains("new_large")) bar(t + " new 10+64", (*s)["new_large"]);
+        if (s->contains("shared_create")) bar(t + " view, run", (*s)["shared_create"]);
+        bar(t + " view, again", (*s)["shared"]);
+        if (s->contains("new_create")) bar(t + " new, run", (*s)["new_create"]);
+        if (s->contains("new_create_socket")) bar(t + " new, sock", (*s)["new_create_socket"]);
+        bar(t + " new, at mount", (*s)["new_small"]);
+        if (s->contains("new_large_create")) bar(t + " 10+64, run", (*s)["new_large_create"]);
       }
     if (const json* c = ran(d, "copy_small", why); c != nullptr) bar("copy 2M", *c);
+    if (const json* s = ran(d, "overlayfs", why);
+        s != nullptr && s->contains("copy_small_in_process"))
+      bar("copy 2M, in proc", (*s)["copy_small_in_process"]);
     if (const json* c = ran(d, "copy_large", why); c != nullptr) bar("copy 10+64", *c);
   }
   {
@@ -2434,11 +2441,13 @@ void plot(const json& d, const fsys::path& out) {
       << "plot '" << tp_data.string() << "' using 2:xtic(1) title 'passthrough' lc rgb '#2a9d8f', "
       << "'' using 3 title 'splice' lc rgb '#8ab4f8', 1 with lines dt 2 lc rgb 'black' title "
          "'direct'\n"
-      << "set title 'Time to ready, ms (median, p90): urunc-bootfs via containerd, floor, copy'\n"
-      << "set ylabel 'ms'\nset key top left\n"
+      << "set title 'Time to ready, ms (median, p90; log scale): urunc-bootfs via containerd, "
+         "floor, copy'\n"
+      << "set ylabel 'ms'\nset key top left\nset logscale y\nset yrange [0.1:*]\n"
       << "plot '" << ttr_data.string() << "' using 2:xtic(1) title 'median' lc rgb '#e76f51', "
       << "'' using 3 title 'p90' lc rgb '#f4a261', 2 with lines dt 2 lc rgb 'black' title '2 ms', "
       << "5 with lines dt 3 lc rgb 'black' title '5 ms'\n"
+      << "unset logscale y\nset yrange [0:*]\n"
       << "set style data linespoints\nset title 'Host daemon RSS (MiB) by live mounts'\n"
       << "set xtics norotate\nset ylabel 'MiB'\nset xlabel 'mounts'\nunset key\n"
       << "plot '" << rss_data.string() << "' using 1:2 with linespoints pt 7 lc rgb '#264653'\n"
