@@ -71,9 +71,11 @@
 #include "copy_files.h"
 #include "urunc_bootfs/snapshot/client.h"
 #include "urunc_bootfs/snapshot/detached_mount.h"
+#include "urunc_bootfs/unique_fd.h"
 
 extern char** environ;
 
+using urunc::bootfs::UniqueFd;
 using urunc::bootfs::bench::copy_boot_files;
 
 namespace {
@@ -542,14 +544,16 @@ class Bench {
   // The same mount asked of the daemon's socket by this (running) process,
   // as a runtime that speaks the protocol itself would (docs/protocol.md):
   // no process start; to the kernel's first byte, in ms.
+  // With a `bundle`, its config.json's annotations go into the request too.
   double socket_ready_ms(const Containerd& c, const std::string& id, const std::string& mnt,
-                         double* reply_ms = nullptr) {
-    const json request = {
+                         double* reply_ms = nullptr, const std::string& bundle = "") {
+    json request = {
         {"v", 1},
         {"op", "mount"},
         {"request",
          {{"mountpoint", mnt},
           {"containerd", {{"address", c.socket}, {"namespace", kNamespace}, {"container", id}}}}}};
+    if (!bundle.empty()) request["request"]["bundle"] = bundle;
     bootfs_mounts_.insert(mnt);
     const auto start = Clock::now();
     const auto reply = daemon_request(state_ / "daemon.sock", request);
@@ -1174,8 +1178,10 @@ void Bench::install_runtime() {
           "exec \"$dir/containerd-shim-runc-v2\" \"$@\"\n");
   const std::string runc = which("runc");
   if (runc.empty()) fail("runc is not installed (the runtime stand-in needs it)");
+  // Both FIFOs are opened read-write, which never blocks, and the wait
+  // has a time limit: a stand-in whose bench is gone ends by itself.
   write_text(bin / "runc",
-             "#!/bin/sh\n"
+             "#!/bin/bash\n"
              "# At create, where urunc mounts the boot files: the bench mounts them now.\n"
              "bundle= create= prev=\n"
              "for a in \"$@\"; do\n"
@@ -1184,12 +1190,11 @@ void Bench::install_runtime() {
              "  prev=$a\n"
              "done\n"
              "if [ -n \"$create\" ]; then\n"
-             "  echo \"$bundle\" > " +
-                 create_fifo_.string() +
+             "  exec 3<> " +
+                 done_fifo_.string() + " 4<> " + create_fifo_.string() +
                  "\n"
-                 "  read -r done < " +
-                 done_fifo_.string() +
-                 "\n"
+                 "  echo \"$bundle\" >&4\n"
+                 "  read -r -t 120 done <&3\n"
                  "  echo 'urunc-bootfs-bench: no container is run' >&2\n"
                  "  exit 1\n"
                  "fi\n"
@@ -1201,76 +1206,90 @@ void Bench::install_runtime() {
   ::setenv("PATH", (bin.string() + ":" + (path != nullptr ? path : "/usr/bin:/bin")).c_str(), 1);
 }
 
+namespace {
+
+// The runtime stand-in of `ctr run` (pid `run`) is let go through `done`,
+// and `ctr run` ends: reaped, or killed by its pid when it has not ended
+// within 30 s. On every way out of a measurement, failures included.
+class RuntimeRun {
+ public:
+  RuntimeRun(fsys::path done, pid_t run) : done_(std::move(done)), run_(run) {}
+  RuntimeRun(const RuntimeRun&) = delete;
+  RuntimeRun& operator=(const RuntimeRun&) = delete;
+  ~RuntimeRun() {
+    // The stand-in may not have opened its end yet (ENXIO), or never will.
+    for (int tries = 0; tries < 200; ++tries) {
+      const int fd = ::open(done_.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) {
+        [[maybe_unused]] const ssize_t n = ::write(fd, "go\n", 3);
+        ::close(fd);
+        break;
+      }
+      if (errno != ENXIO) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    int status = 0;
+    for (int tries = 0; tries < 3000; ++tries) {
+      if (::waitpid(run_, &status, WNOHANG) == run_) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ::kill(run_, SIGKILL);
+    ::waitpid(run_, &status, 0);
+  }
+
+ private:
+  fsys::path done_;
+  pid_t run_;
+};
+
+}  // namespace
+
 double Bench::runtime_create_ready_ms(const Containerd& c, const Image& image,
                                       const std::string& snapshotter, const std::string& id,
                                       double* gap_ms, json* record, bool socket) {
+  // A line a stand-in wrote for a measurement that failed is not this one's.
+  const UniqueFd rfd(::open(create_fifo_.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!rfd) fail_errno("open " + create_fifo_.string());
+  for (char drain[4096]; ::read(rfd.get(), drain, sizeof drain) > 0;) {
+  }
   const Child run = spawn(
       {c.ctr, "--address", c.socket, "--namespace", kNamespace, "run", "--rm", "--snapshotter",
        snapshotter, "--runtime", "io.containerd.urunc.v2", image.ref, id, "/none"},
       work_ / "ctr-run.out");
   ++containers_made_;
+  const RuntimeRun guard(done_fifo_, run.pid);
   // The stand-in's line: the bundle, once its create runs.
-  const int rfd = ::open(create_fifo_.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (rfd < 0) fail_errno("open " + create_fifo_.string());
   std::string bundle;
   const auto deadline = Clock::now() + std::chrono::seconds(60);
   while (bundle.find('\n') == std::string::npos) {
-    pollfd pfd{rfd, POLLIN, 0};
-    if (Clock::now() > deadline || !pid_alive(run.pid)) {
-      ::close(rfd);
+    pollfd pfd{rfd.get(), POLLIN, 0};
+    if (Clock::now() > deadline || !pid_alive(run.pid))
       fail("ctr run " + id +
            ": the runtime's create did not come: " + trim(read_small(work_ / "ctr-run.out")));
-    }
     if (::poll(&pfd, 1, 100) <= 0) continue;
     char buf[4096];
-    const ssize_t n = ::read(rfd, buf, sizeof buf);
+    const ssize_t n = ::read(rfd.get(), buf, sizeof buf);
     if (n > 0) bundle.append(buf, static_cast<std::size_t>(n));
   }
-  ::close(rfd);
   if (gap_ms != nullptr) *gap_ms = ms_since(run.started);
   bundle = trim(bundle);
   const std::string mnt = bundle + "/boot";
   bootfs_mounts_.insert(mnt);
-  int rc = 0;
   double ms = 0;
   if (socket) {
     // As urunc's own code would: <bundle>/boot made, one request.
     fsys::create_directories(mnt);
-    const json request = {
-        {"v", 1},
-        {"op", "mount"},
-        {"request",
-         {{"mountpoint", mnt},
-          {"bundle", bundle},
-          {"containerd", {{"address", c.socket}, {"namespace", kNamespace}, {"container", id}}}}}};
-    const auto start = Clock::now();
-    const auto reply = daemon_request(state_ / "daemon.sock", request);
-    rc = reply && reply->value("ok", false) ? 0 : 1;
-    if (rc == 0) first_byte(mnt + "/.boot/kernel");
-    ms = ms_since(start);
+    ms = socket_ready_ms(c, id, mnt, nullptr, bundle);
   } else {
     const Child child = spawn({bin_, "mount", "--address", c.socket, "--bundle", bundle}, log_);
-    rc = wait_exit(child.pid);
-    if (rc == 0) first_byte(mnt + "/.boot/kernel");
+    if (const int rc = wait_exit(child.pid); rc != 0)
+      fail("urunc-bootfs mount --bundle " + bundle + " failed (exit " + std::to_string(rc) +
+           "), see " + log_.string());
+    first_byte(mnt + "/.boot/kernel");
     ms = ms_since(child.started);
   }
-  if (rc == 0 && record != nullptr) *record = mount_record(mnt);
-  if (rc == 0) bootfs_umount(mnt);
-  // Let the create fail, and ctr run end (it removes its container).
-  for (int tries = 0;; ++tries) {
-    const int wfd = ::open(done_fifo_.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-    if (wfd >= 0) {
-      [[maybe_unused]] const ssize_t n = ::write(wfd, "go\n", 3);
-      ::close(wfd);
-      break;
-    }
-    if (errno != ENXIO || tries > 1000) fail_errno("open " + done_fifo_.string());
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  (void)wait_exit(run.pid);
-  if (rc != 0)
-    fail("urunc-bootfs mount --bundle " + bundle + " failed (exit " + std::to_string(rc) +
-         "), see " + log_.string());
+  if (record != nullptr) *record = mount_record(mnt);
+  bootfs_umount(mnt);
   return ms;
 }
 
@@ -2227,59 +2246,33 @@ std::string table(const json& d) {
       continue;
     }
     const std::string tag = std::string(snapshotter) + " " + (*s)["containerd"].get<std::string>();
-    line(tag + ": image with a view, 2 MiB + 64 KiB, the same container mounted again",
-         (*s)["shared"]);
-    if (s->contains("shared_new"))
-      line(tag + ": image with a view, a new urunc container, created and mounted at once",
-           (*s)["shared_new"]);
-    if (s->contains("shared_create"))
-      line(tag + ": image with a view, a new urunc container by `ctr run`, at its runtime's create",
-           (*s)["shared_create"]);
-    if (s->contains("shared_unwatched"))
-      line(tag + ": image with a view, a runc container (located when mounted)",
-           (*s)["shared_unwatched"]);
-    line(tag + ": new image, 2 MiB + 64 KiB, view made at mount", (*s)["new_small"]);
-    if (s->contains("new_ahead"))
-      line(tag + ": new image, 2 MiB + 64 KiB, a urunc container (view made ahead)",
-           (*s)["new_ahead"]);
-    if (s->contains("new_create"))
-      line(tag +
-               ": new image, 2 MiB + 64 KiB, a urunc container by `ctr run`, at its runtime's "
-               "create",
-           (*s)["new_create"]);
-    if (s->contains("new_create_socket"))
-      line(tag +
-               ": new image, 2 MiB + 64 KiB, `ctr run`, the runtime asks the socket at its "
-               "create",
-           (*s)["new_create_socket"]);
-    if (s->contains("copy_small_in_process"))
-      line(tag + ": urunc's copy in the runtime's process, 2 MiB + 64 KiB",
-           (*s)["copy_small_in_process"]);
-    if (s->contains("new_large"))
-      line(tag + ": new image, 10 MiB + 64 MiB, view made at mount", (*s)["new_large"]);
-    if (s->contains("new_large_create"))
-      line(tag +
-               ": new image, 10 MiB + 64 MiB, a urunc container by `ctr run`, at its runtime's "
-               "create",
-           (*s)["new_large_create"]);
-    if (s->contains("new_large_create_socket"))
-      line(tag +
-               ": new image, 10 MiB + 64 MiB, `ctr run`, the runtime asks the socket at its "
-               "create",
-           (*s)["new_large_create_socket"]);
-    if (s->contains("copy_large_in_process"))
-      line(tag + ": urunc's copy in the runtime's process, 10 MiB + 64 MiB",
-           (*s)["copy_large_in_process"]);
-    if (s->contains("new_large_ahead"))
-      line(tag + ": new image, 10 MiB + 64 MiB, a urunc container (view made ahead)",
-           (*s)["new_large_ahead"]);
-    line(tag + ": floor, View + mount + 3 binds (connected client)", (*s)["floor"]);
-    if (s->contains("shared_socket"))
-      line(tag + ": image with a view, by the daemon's socket (no process start)",
-           (*s)["shared_socket"]);
-    if (s->contains("new_small_socket"))
-      line(tag + ": new image, by the daemon's socket (no process start)",
-           (*s)["new_small_socket"]);
+    // Each series this snapshotter ran, in this order.
+    static const std::vector<std::pair<const char*, const char*>> kRows = {
+        {"shared", "image with a view, 2 MiB + 64 KiB, the same container mounted again"},
+        {"shared_new", "image with a view, a new urunc container, created and mounted at once"},
+        {"shared_create",
+         "image with a view, a new urunc container by `ctr run`, at its runtime's create"},
+        {"shared_unwatched", "image with a view, a runc container (located when mounted)"},
+        {"new_small", "new image, 2 MiB + 64 KiB, view made at mount"},
+        {"new_ahead", "new image, 2 MiB + 64 KiB, a urunc container (view made ahead)"},
+        {"new_create",
+         "new image, 2 MiB + 64 KiB, a urunc container by `ctr run`, at its runtime's create"},
+        {"new_create_socket",
+         "new image, 2 MiB + 64 KiB, `ctr run`, the runtime asks the socket at its create"},
+        {"copy_small_in_process", "urunc's copy in the runtime's process, 2 MiB + 64 KiB"},
+        {"new_large", "new image, 10 MiB + 64 MiB, view made at mount"},
+        {"new_large_create",
+         "new image, 10 MiB + 64 MiB, a urunc container by `ctr run`, at its runtime's create"},
+        {"new_large_create_socket",
+         "new image, 10 MiB + 64 MiB, `ctr run`, the runtime asks the socket at its create"},
+        {"copy_large_in_process", "urunc's copy in the runtime's process, 10 MiB + 64 MiB"},
+        {"new_large_ahead", "new image, 10 MiB + 64 MiB, a urunc container (view made ahead)"},
+        {"floor", "floor, View + mount + 3 binds (connected client)"},
+        {"shared_socket", "image with a view, by the daemon's socket (no process start)"},
+        {"new_small_socket", "new image, by the daemon's socket (no process start)"},
+    };
+    for (const auto& [key, what] : kRows)
+      if (s->contains(key)) line(tag + ": " + what, (*s)[key]);
   }
   if (const json* p = ran(d, "process_start", why); p != nullptr) {
     line("a static process that does nothing (spawn to exit)", (*p)["static_empty"]);

@@ -69,7 +69,7 @@ void AheadViews::handed_over(const std::string& address, const std::string& ns,
 }
 
 std::optional<MadeAhead> AheadViews::take(const std::string& address, const std::string& ns,
-                                          const std::string& id,
+                                          const std::string& id, const Located& where,
                                           std::chrono::milliseconds timeout) {
   const Key key{address, ns, id};
   std::unique_lock lock(mutex_);
@@ -87,6 +87,8 @@ std::optional<MadeAhead> AheadViews::take(const std::string& address, const std:
     drop(it);
     return std::nullopt;
   }
+  // Made for what the container was: left for handed_over().
+  if (it->second.made->where != where) return std::nullopt;
   std::optional<MadeAhead> made = std::move(it->second.made);
   it->second.made.reset();
   ++counts_.used;

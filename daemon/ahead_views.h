@@ -103,12 +103,15 @@ class AheadViews {
   void forgotten_all(const std::string& address);
   // The container's mount holds the view now: drop this class's use of it.
   void handed_over(const std::string& address, const std::string& ns, const std::string& id);
-  // The container's mount takes what is held for it, waiting up to
-  // `timeout` while it is being made; nothing when nothing is held or
-  // made in time (the mount then makes the view itself). `used_mount`
-  // counts a prepared mount the caller attached.
+  // The container's mount takes what is held for it, if it was made for
+  // the container as the watch knows it now (`where`), waiting up to
+  // `timeout` while it is being made. Nothing when nothing is held, it is
+  // not made in time, or it is stale: the mount then acquires the view
+  // itself and hands over, so a stale view is let go on this class's
+  // thread, never on the mount's. `used_mount` counts a prepared mount the
+  // caller attached.
   [[nodiscard]] std::optional<MadeAhead> take(const std::string& address, const std::string& ns,
-                                              const std::string& id,
+                                              const std::string& id, const Located& where,
                                               std::chrono::milliseconds timeout);
   void used_mount();
   // Releases everything held and takes nothing more; waits for the thread.

@@ -496,16 +496,15 @@ class ViewSource final : public Source {
 // one seen here) its Stat goes out beside Containers.Get: one round trip
 // to containerd instead of two. Get's answer decides; a wrong guess costs
 // the Stat it would have cost anyway. A container the daemon saw created
-// (locate_cache.h) needs no round trip at all.
+// (locate_cache.h) needs no round trip at all: `known`.
 Status locate(ClientPool& pool, snap::Client& client, const ContainerdRequest& request,
-              ContainerdState& cd) {
+              const std::optional<Located>& known, ContainerdState& cd) {
   std::string key = request.snapshot;
   cd.snapshotter = request.snapshotter;
   std::optional<snap::Client::PendingStat> guessed;
   std::string guess;
   if (!request.container.empty()) {
-    if (auto known = pool.located(request.address, request.ns, request.container);
-        known && (cd.snapshotter.empty() || cd.snapshotter == known->snapshotter)) {
+    if (known) {
       cd.snapshotter = known->snapshotter;
       cd.parent = known->parent;
       cd.located_by = "events";
@@ -586,6 +585,7 @@ std::unique_ptr<Source> adopt_view_made_ahead(ViewRegistry::Ref ref, const Locat
 
 Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, ViewRegistry& views,
                                                        const ContainerdRequest& request,
+                                                       const std::optional<Located>& known,
                                                        MountState& state, StepClock& clock) {
   ContainerdState& cd = start_record(request, state);
   UB_TRY(save_state(state));
@@ -593,7 +593,7 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
   auto client =
       clients.get(request.address, request.ns, std::chrono::milliseconds(request.timeout_ms));
   if (!client) return std::unexpected(std::move(client).error());
-  UB_TRY(locate(clients, **client, request, cd));
+  UB_TRY(locate(clients, **client, request, known, cd));
   clock.lap("locate");
 
   const ViewKey key{request.address, request.ns, cd.snapshotter, cd.parent};

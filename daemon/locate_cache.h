@@ -47,6 +47,8 @@ struct Located {
   std::string snapshotter;
   std::string key;     // the container's snapshot
   std::string parent;  // its committed parent: the image's top layer
+
+  friend bool operator==(const Located&, const Located&) = default;
 };
 
 // runtimes: the runtime names whose containers are located ahead; "*"

@@ -265,22 +265,18 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
       !usable)
     return fail(std::move(usable).error());
 
-  // What was made ahead for this container: its view, and perhaps its
-  // whole mount, detached and ready.
+  // The container as the watch located it (on the snapshotter asked for,
+  // if any), and what was made ahead for it as it is now: its view, and
+  // perhaps its whole mount, detached and ready.
+  std::optional<Located> known;
   std::optional<MadeAhead> held;
-  if (ahead_ && request.containerd && !request.containerd->container.empty() &&
-      request.containerd->snapshot.empty() && request.containerd->parent.empty()) {
+  if (request.containerd && !request.containerd->container.empty()) {
     const auto& cd = *request.containerd;
-    held = ahead_->take(cd.address, cd.ns, cd.container, std::chrono::milliseconds(cd.timeout_ms));
-    // Another snapshotter asked for than the container's, or the watch
-    // no longer knows the container as it was when this was made: not it.
-    if (held) {
-      const auto known = clients_.located(cd.address, cd.ns, cd.container);
-      if (!known || known->parent != held->where.parent ||
-          known->snapshotter != held->where.snapshotter ||
-          (!cd.snapshotter.empty() && cd.snapshotter != held->where.snapshotter))
-        held.reset();
-    }
+    known = clients_.located(cd.address, cd.ns, cd.container);
+    if (known && !cd.snapshotter.empty() && cd.snapshotter != known->snapshotter) known.reset();
+    if (known && ahead_ && cd.snapshot.empty() && cd.parent.empty())
+      held = ahead_->take(cd.address, cd.ns, cd.container, *known,
+                          std::chrono::milliseconds(cd.timeout_ms));
   }
   if (held) {
     live->source =
@@ -288,7 +284,8 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
     clock.lap("locate");
     clock.lap("view");
   } else if (request.containerd) {
-    auto opened = open_containerd_source(clients_, views_, *request.containerd, state, clock);
+    auto opened =
+        open_containerd_source(clients_, views_, *request.containerd, known, state, clock);
     if (!opened) return fail(std::move(opened).error());
     live->source = std::move(*opened);
     // This mount holds the view now; a view held ahead for it is let go.
@@ -319,7 +316,7 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
   held.reset();
   std::optional<Annotations> urunc_json;
   if (prepared) {
-    urunc_json = prepared->urunc_json;
+    urunc_json = std::move(prepared->urunc_json);
   } else {
     auto read = read_urunc_json(live->source->root_fd());
     if (!read) return fail(std::move(read).error());
@@ -333,7 +330,6 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
     live->fs = std::move(prepared->fs);
     live->server = std::move(prepared->server);
     state.mount_made_ahead = true;
-    ahead_->used_mount();
   }
   prepared.reset();
   if (!live->fs) {
@@ -373,6 +369,7 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
       !served)
     return fail(std::move(served).error().at("mount"));
   live->loop_id = live->server->loop_id();
+  if (state.mount_made_ahead) ahead_->used_mount();
   clock.lap("fuse");
   test_stop_point("fuse");
 

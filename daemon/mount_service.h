@@ -54,9 +54,11 @@ class StepClock {
   std::vector<std::pair<std::string, double>> steps_;
 };
 
+// `known`: the container as the daemon's watch located it, if it did (and
+// on the snapshotter the request names, if any); else it is located now.
 [[nodiscard]] Result<std::unique_ptr<Source>> open_containerd_source(
-    ClientPool& clients, ViewRegistry& views, const ContainerdRequest& request, MountState& state,
-    StepClock& clock);
+    ClientPool& clients, ViewRegistry& views, const ContainerdRequest& request,
+    const std::optional<Located>& known, MountState& state, StepClock& clock);
 // The Source of a mount whose view was made ahead for its container.
 [[nodiscard]] std::unique_ptr<Source> adopt_view_made_ahead(ViewRegistry::Ref ref,
                                                             const Located& where,

@@ -50,10 +50,10 @@ struct FuseServer::Impl {
   FuseOptions options;
   std::unique_ptr<FuseChannel> channel;
   fuse_session* session = nullptr;
-  std::mutex mutex;
-  bool init_done = false;           // the channel settled the INIT
-  std::optional<Error> init_error;  // ... and the policy could not be met
-  FuseLoop* loop = nullptr;         // set by serve_on()
+  // What the channel said of the INIT, which prepare() answers on its own
+  // thread (the channel reports from inside that answer).
+  std::optional<Status> init;
+  FuseLoop* loop = nullptr;  // set by serve_on()
   std::uint64_t loop_id = 0;
 
   void release() {
@@ -336,11 +336,8 @@ Result<std::unique_ptr<FuseServer>> FuseServer::prepare(ArtifactFs& fs, FuseOpti
         "may serve about 1020 mounts at once)"));
 
   Impl* raw = impl.get();
-  auto channel = FuseChannel::open(fs, impl->options.passthrough, [raw](Status ready) {
-    std::lock_guard lock(raw->mutex);
-    raw->init_done = true;
-    if (!ready) raw->init_error = std::move(ready).error();
-  });
+  auto channel = FuseChannel::open(fs, impl->options.passthrough,
+                                   [raw](Status ready) { raw->init = std::move(ready); });
   if (!channel) return std::unexpected(std::move(channel).error());
   impl->channel = std::move(*channel);
   fuse_custom_io io_hooks{};
@@ -366,15 +363,14 @@ Result<std::unique_ptr<FuseServer>> FuseServer::prepare(ArtifactFs& fs, FuseOpti
   const int res = fuse_session_receive_buf(impl->session, &buf);
   if (res > 0) fuse_session_process_buf(impl->session, &buf);
   std::free(buf.mem);
-  std::lock_guard lock(impl->mutex);
-  if (impl->init_error) {
-    spdlog::error("{}", impl->init_error->to_string());
-    return std::unexpected(*impl->init_error);
-  }
-  if (!impl->init_done)
+  if (!impl->init)
     return std::unexpected(make_error(
         ErrorKind::internal, res < 0 ? "reading the FUSE INIT: " + std::string(strerror(-res))
                                      : "the FUSE INIT handshake failed"));
+  if (!*impl->init) {
+    spdlog::error("{}", impl->init->error().to_string());
+    return std::unexpected(impl->init->error());
+  }
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
 }
 
@@ -558,10 +554,6 @@ Status FuseServer::watch(FuseLoop& loop, int fd, std::function<void(Status)> on_
   slot.fd = fd;
   slot.on_end = [impl, on_end = std::move(on_end)](Status status) {
     impl->release();
-    {
-      std::lock_guard init_lock(impl->mutex);
-      if (impl->init_error) status = std::unexpected(*impl->init_error);
-    }
     on_end(std::move(status));
   };
   li.slots.emplace(id, std::move(slot));

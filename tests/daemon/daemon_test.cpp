@@ -619,50 +619,26 @@ TEST_F(DaemonTest, AfterAContainerdRestartTheWatchForgetsThenWatchesAgain) {
   for (const auto& m : {after, before, warm}) EXPECT_TRUE(cli_({"umount", m}).ok()) << m;
 }
 
-// The view of a urunc container's image is made as soon as the container
-// is located, so its mount finds it ready and shares it; from then on the
-// mount alone holds it, and its unmount releases view and lease.
-TEST_F(DaemonTest, AUruncContainersViewIsMadeAheadAndItsUnmountReleasesIt) {
+// As soon as a urunc container is located, its image's view is made and,
+// from the image's /urunc.json, its whole mount is prepared: artifacts
+// open, FUSE filesystem made and INIT answered, yet detached (in no mount
+// table: nothing shows at any mountpoint before its mount asks). The
+// container's mount only attaches it and shares the view; from then on the
+// mount alone holds them, and its unmount releases view and lease.
+TEST_F(DaemonTest, AUruncContainersViewAndMountAreMadeAheadAndOnlyAttachedWhenAsked) {
   const auto warm = mountpoint("warm");
   ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
   ASSERT_EQ(views().size(), 1U);
-  create_urunc(1, "u");
-  ASSERT_TRUE(wait_for([&] { return ahead_count("held") == 1; })) << cli_.ping().dump();
-  EXPECT_EQ(views().size(), 2U) << "the view of the urunc container's image is made ahead";
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 2U);
-  const auto mnt = mountpoint("u");
-  auto mounted = mount("u", mnt);
-  ASSERT_TRUE(mounted.ok()) << mounted.describe();
-  const auto status = cli_.status(mnt);
-  EXPECT_TRUE(status["view_shared"].get<bool>()) << status.dump();
-  EXPECT_EQ(status["containerd"]["located_by"], "events");
-  EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[1].kernel);
-  EXPECT_EQ(ahead_count("held"), 0U);
-  EXPECT_EQ(ahead_count("used"), 1U);
-  ASSERT_TRUE(cli_({"umount", mnt}).ok());
-  EXPECT_EQ(views().size(), 1U) << "the last unmount of the image released its view";
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U) << "and its lease";
-  ASSERT_TRUE(cli_({"umount", warm}).ok());
-}
-
-// With the view, the container's whole mount is prepared ahead from the
-// image's /urunc.json: artifacts open, FUSE filesystem made and INIT
-// answered, yet detached (in no mount table: nothing shows at any
-// mountpoint before its mount asks). The container's mount only attaches
-// it; from then on it is a mount like any, and its unmount releases view
-// and lease.
-TEST_F(DaemonTest, AUruncContainersMountIsMadeAheadAndOnlyAttachedWhenAsked) {
-  const auto warm = mountpoint("warm");
-  ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
   const pid_t daemon = cli_.host_daemon();
   ASSERT_GT(daemon, 0);
   ASSERT_EQ(fuse_fds(daemon), 1) << "the warm mount's connection";
   create_urunc(1, "u");
   ASSERT_TRUE(wait_for([&] { return ahead_count("mounts_made") == 1; })) << cli_.ping().dump();
   EXPECT_EQ(ahead_count("held"), 1U);
+  EXPECT_EQ(views().size(), 2U) << "the view of the urunc container's image is made ahead";
+  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 2U);
   EXPECT_EQ(fuse_fds(daemon), 2) << "the prepared mount has its FUSE connection";
   EXPECT_EQ(bootfs_mounts(), std::vector<std::string>{warm}) << "a prepared mount is detached";
-  EXPECT_EQ(views().size(), 2U);
   const auto mnt = mountpoint("u");
   auto mounted = mount("u", mnt);
   ASSERT_TRUE(mounted.ok()) << mounted.describe();
