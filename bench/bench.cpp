@@ -2247,7 +2247,7 @@ std::string table(const json& d) {
     }
     const std::string tag = std::string(snapshotter) + " " + (*s)["containerd"].get<std::string>();
     // Each series this snapshotter ran, in this order.
-    static const std::vector<std::pair<const char*, const char*>> kRows = {
+    const std::vector<std::pair<const char*, const char*>> rows = {
         {"shared", "image with a view, 2 MiB + 64 KiB, the same container mounted again"},
         {"shared_new", "image with a view, a new urunc container, created and mounted at once"},
         {"shared_create",
@@ -2271,7 +2271,7 @@ std::string table(const json& d) {
         {"shared_socket", "image with a view, by the daemon's socket (no process start)"},
         {"new_small_socket", "new image, by the daemon's socket (no process start)"},
     };
-    for (const auto& [key, what] : kRows)
+    for (const auto& [key, what] : rows)
       if (s->contains(key)) line(tag + ": " + what, (*s)[key]);
   }
   if (const json* p = ran(d, "process_start", why); p != nullptr) {
