@@ -168,6 +168,15 @@ std::string trim(std::string s) {
   return s;
 }
 
+// Before each timed mount, copy or View: what earlier runs wrote (images
+// imported, views removed, state files) is written back first, so that
+// containerd's commits in the timed part wait for their own writes only,
+// not for an earlier run's; then a pause for the previous release.
+void settle() {
+  ::sync();
+  std::this_thread::sleep_for(std::chrono::milliseconds(kSettleMs));
+}
+
 void drop_caches() {
   ::sync();
   write_text("/proc/sys/vm/drop_caches", "3\n");
@@ -1099,7 +1108,7 @@ double Bench::copy_once(CopyRig& rig) {
   if (::mount("tmpfs", rig.tmpfs.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=256m") != 0)
     fail_errno("mount tmpfs");
   other_mounts_.insert(rig.tmpfs);
-  std::this_thread::sleep_for(std::chrono::milliseconds(kSettleMs));
+  settle();
   double t = 0;
   if (rig.in_process) {
     const auto start = Clock::now();
@@ -1336,7 +1345,7 @@ json Bench::containerd_ready(Containerd& c, const std::string& snapshotter, bool
     int shared_runs = 0, ahead_runs = 0;
     for (int r = 0; r <= runs; ++r) {
       check_interrupted();
-      std::this_thread::sleep_for(std::chrono::milliseconds(kSettleMs));
+      settle();
       const long before = fresh && (r > 0 || each_new != nullptr) ? views() : 0;
       if (before > 0)
         fail("a view existed before a new-image mount (" + std::to_string(before) + ")");
@@ -1448,7 +1457,7 @@ json Bench::floor(const Containerd& c, const std::string& snapshotter, const Ima
     fsys::create_directories(view_dir);
     fsys::create_directories(mon / ".boot");
     const std::string key = "bench-floor-" + snapshotter + "-" + std::to_string(r);
-    std::this_thread::sleep_for(std::chrono::milliseconds(kSettleMs));
+    settle();
     const auto start = Clock::now();
     auto mounts = (*client)->view(snapshotter, key, image.chain_id, {}, "");
     if (!mounts) fail("View: " + mounts.error().to_string());

@@ -603,7 +603,7 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
         cd.lease_id = record.lease_id;
         cd.view_key = record.view_key;
         (void)save_state(state);
-        if (step == "view") clock.lap("view");
+        if (step == "lease" || step == "view") clock.lap(std::string(step));
       },
       // A parent found as a snapshot's is committed.
       request.parent.empty());

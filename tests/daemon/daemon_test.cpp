@@ -428,10 +428,11 @@ TEST_F(DaemonTest, StatusJsonGivesTheStepTimings) {
   ASSERT_TRUE(mount(ids[0], a).ok());
   ASSERT_TRUE(mount(ids[1], b).ok());
   const auto first = cli_.status(a)["timings_ms"];
-  for (const char* step : {"locate", "view", "attach", "resolve", "fuse", "ready", "total"})
+  for (const char* step : {"locate", "lease", "view", "attach", "resolve", "fuse", "ready", "total"})
     EXPECT_TRUE(first.contains(step)) << step << " missing in " << first.dump();
   const auto again = cli_.status(b)["timings_ms"];
   EXPECT_TRUE(again.contains("view"));
+  EXPECT_FALSE(again.contains("lease")) << "a shared view's lease is not made again";
   EXPECT_FALSE(again.contains("attach")) << "a shared view is not attached again";
   EXPECT_TRUE(cli_({"umount", a}).ok());
   EXPECT_TRUE(cli_({"umount", b}).ok());
