@@ -87,8 +87,10 @@ using json = nlohmann::json;
 constexpr std::size_t kKiB = 1024;
 constexpr std::size_t kMiB = 1024 * kKiB;
 constexpr const char* kNamespace = "bench";
-// Pause before each timed mount or copy: the previous run's release is over.
-constexpr int kSettleMs = 50;
+// Pause before each timed mount or copy: the previous run's release is
+// over, containerd's garbage collector included (it removes a removed
+// view's data by itself, some 30 to 60 ms after the Remove).
+constexpr int kSettleMs = 150;
 
 std::atomic<bool> g_interrupted{false};
 

@@ -44,8 +44,8 @@ int report(const Error& error);
 // Everything left in `in` (a config file, the OCI state on stdin).
 std::string read_all(std::istream& in);
 
-// Undoes what a dead daemon left at a mountpoint: the FUSE mount, containerd
-// lease and view (when the state file names them), the state file.
+// Undoes what a dead daemon left at a mountpoint: the FUSE mount, the
+// containerd view (when the state file names it), the state file.
 [[nodiscard]] Status cleanup_dead_mount(const std::string& mountpoint);
 
 // Defined once per binary: the thin client `urunc-bootfs` hands these to

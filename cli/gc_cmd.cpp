@@ -16,11 +16,11 @@ int run_gc(const GcRequest& request) {
   std::vector<std::string> report;
   daemon::ClientPool clients;
   // Local records first: a dead daemon's state file names its FUSE mount and
-  // its lease and view exactly.
+  // its view exactly.
   if (auto states = list_states()) {
     for (const auto& state : *states) {
       // A live daemon's record is its own, unless its release failed (the
-      // daemon has let go of that view and lease: they are gc's now).
+      // daemon has let go of that view: it is gc's now).
       if (held_by_live_daemon(state)) continue;
       if (!request.dry_run) {
         if (auto cleaned = daemon::cleanup_dead_state(clients, state); !cleaned) {
@@ -33,11 +33,13 @@ int run_gc(const GcRequest& request) {
           (request.dry_run ? "would clean " : "cleaned ") + state.mountpoint + " (daemon pid " +
           std::to_string(state.daemon.pid) +
           (state.phase == "release-failed" ? ": its release had failed)" : " is gone)");
-      if (state.containerd && !state.containerd->lease_id.empty()) {
+      if (state.containerd &&
+          (!state.containerd->view_key.empty() || !state.containerd->lease_id.empty())) {
         const auto& cd = *state.containerd;
-        line += std::string(request.dry_run ? ": would remove lease " : ": removed lease ") +
-                cd.lease_id;
-        if (!cd.view_key.empty()) line += " and view " + cd.view_key + " (" + cd.snapshotter + ")";
+        line += request.dry_run ? ": would remove" : ": removed";
+        if (!cd.lease_id.empty()) line += " lease " + cd.lease_id;
+        if (!cd.lease_id.empty() && !cd.view_key.empty()) line += " and";
+        if (!cd.view_key.empty()) line += " view " + cd.view_key + " (" + cd.snapshotter + ")";
         line += " in namespace " + cd.ns;
       }
       report.push_back(std::move(line));

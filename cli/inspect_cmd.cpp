@@ -92,7 +92,7 @@ void print_human(const MountState& state) {
     std::printf("snapshotter: %s\n", c.snapshotter.c_str());
     std::printf("parent:      %s\n", c.parent.c_str());
     std::printf("view:        %s\n", c.view_key.c_str());
-    std::printf("lease:       %s\n", c.lease_id.c_str());
+    if (!c.lease_id.empty()) std::printf("lease:       %s\n", c.lease_id.c_str());
     for (const auto& m : c.view_mounts) std::printf("view mount:  %s\n", m.c_str());
     if (c.devmapper) print_devmapper(state);
   }

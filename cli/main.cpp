@@ -181,7 +181,8 @@ int run(int argc, char** argv) {
   if (wanted("umount")) {
     umount_cmd = app.add_subcommand(
         "umount",
-        "Unmount MOUNTPOINT, wait until its daemon released the view and lease and exited.\n"
+        "Unmount MOUNTPOINT, wait until its daemon released it, and the image's view when it\n"
+        "was the image's last mount.\n"
         "Also cleans a mountpoint whose daemon died.");
     umount_cmd->add_option("mountpoint", umount.mountpoint, "the mountpoint")->required();
     umount_cmd->add_flag("--lazy,-l", umount.lazy, "detach even if files are open (MNT_DETACH)");
@@ -218,8 +219,9 @@ int run(int argc, char** argv) {
   if (wanted("gc")) {
     gc_cmd = app.add_subcommand(
         "gc",
-        "Remove what dead mounts left: leases labelled io.urunc.bootfs/owner whose owner\n"
-        "process is gone (with their views), and state files and FUSE mounts of dead daemons.");
+        "Remove what dead mounts left: views labelled io.urunc.bootfs/owner whose owner\n"
+        "process is gone (and leases so labelled by earlier versions), and state files and FUSE\n"
+        "mounts of dead daemons.");
     add_containerd_flags(gc_cmd, gc_cd);
     gc_cmd->add_flag("--all-namespaces,-A", gc.all_namespaces, "every containerd namespace");
     gc_cmd->add_flag("--dry-run", gc.dry_run, "print what would be removed, remove nothing");

@@ -87,10 +87,12 @@ nlohmann::json to_json(const MountState& s) {
   }
   if (s.containerd) {
     const auto& c = *s.containerd;
-    doc["containerd"] = {{"address", c.address},     {"namespace", c.ns},
-                         {"container", c.container}, {"snapshotter", c.snapshotter},
-                         {"parent", c.parent},       {"view", c.view_key},
-                         {"lease", c.lease_id},      {"view_mounts", c.view_mounts}};
+    doc["containerd"] = {{"address", c.address},        {"namespace", c.ns},
+                         {"container", c.container},    {"snapshotter", c.snapshotter},
+                         {"parent", c.parent},          {"view", c.view_key},
+                         {"view_mounts", c.view_mounts}};
+    // A lease holds a view only in records of earlier versions.
+    if (!c.lease_id.empty()) doc["containerd"]["lease"] = c.lease_id;
     if (!c.located_by.empty()) doc["containerd"]["located_by"] = c.located_by;
     if (c.devmapper) {
       const auto& d = *c.devmapper;

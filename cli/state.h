@@ -52,7 +52,7 @@ struct ContainerdState {
   std::string snapshotter;
   std::string parent;                    // the committed snapshot the view is made from
   std::string view_key;                  // empty until the view exists
-  std::string lease_id;                  // empty until the lease exists
+  std::string lease_id;                  // only in records of earlier versions
   std::vector<std::string> view_mounts;  // "type source options", for status
   std::optional<DevmapperState> devmapper = std::nullopt;  // a devmapper view's device
   // How the container was found: "containerd" (asked while mounting) or
@@ -94,8 +94,8 @@ struct MountState {
 [[nodiscard]] std::uint64_t own_mount_ns();
 
 // The record's daemon runs and still holds what it names. A dead daemon's
-// record, or one whose release failed (the daemon let go of that view and
-// lease), is left for `umount`, the next mount of the mountpoint, or `gc`.
+// record, or one whose release failed (the daemon let go of that view),
+// is left for `umount`, the next mount of the mountpoint, or `gc`.
 [[nodiscard]] bool held_by_live_daemon(const MountState& state);
 
 [[nodiscard]] Status save_state(const MountState& state);

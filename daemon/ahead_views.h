@@ -2,12 +2,12 @@
 //
 // Locating ahead (locate_cache.h) takes containerd's lookups off a mount's
 // path, but a container whose image has no view yet still waits for the
-// lease and the view, two commits of containerd's metadata database, about
-// 3 ms. That wait can go the same way: when the watch has located a
-// container of a watched runtime, the view of its image is acquired at
-// once, in the background, and held for that container. Its mount then
-// finds the view ready and shares it, as the second container of an image
-// does.
+// view: Snapshots.View, a write transaction of containerd's metadata
+// database and of the snapshotter's, milliseconds on a disk that syncs.
+// That wait can go the same way: when the watch has located a container of
+// a watched runtime, the view of its image is acquired at once, in the
+// background, and held for that container. Its mount then finds the view
+// ready and shares it, as the second container of an image does.
 //
 // The mount service goes one step further where it can (mount_service.h):
 // with the view, it prepares the container's whole mount, detached, from
@@ -29,9 +29,9 @@
 // what exists when it subscribes, which may be after that mount) gets
 // nothing ahead.
 // So a view exists only for a container that exists and is about to start,
-// or for a mount. The lease of a view made ahead is labelled with the
-// daemon as owner like every other, so a daemon killed while holding one
-// leaves it to `gc` and to the next daemon, as it leaves any view.
+// or for a mount. A view made ahead is labelled with the daemon as owner
+// like every other, so a daemon killed while holding one leaves it to `gc`
+// and to the next daemon, as it leaves any view.
 //
 // Every acquire and every release runs on this class's own thread: the
 // watch's threads only queue work here.

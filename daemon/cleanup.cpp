@@ -14,27 +14,71 @@
 
 namespace urunc::bootfs::daemon {
 
-Status collect_garbage(snap::Client& client, bool dry_run, std::vector<std::string>* report) {
+namespace {
+
+// The owner named by `labels`, if it is ours to judge and it is dead.
+std::optional<snap::OwnerId> dead_owner(const snap::Labels& labels) {
+  const auto label = labels.find(std::string(snap::kOwnerLabel));
+  if (label == labels.end()) return std::nullopt;
+  auto owner = snap::parse_owner(label->second);
+  // An owner label we cannot read is not ours to judge.
+  if (!owner || snap::owner_alive(*owner)) return std::nullopt;
+  return *owner;
+}
+
+std::string gone_line(bool dry_run, const std::string& what, const std::string& ns,
+                      const snap::OwnerId& owner) {
+  return std::string(dry_run ? "would remove " : "removed ") + what + " in namespace " + ns +
+         ": owner pid " + std::to_string(owner.pid) + " is gone";
+}
+
+// Views labelled with a dead owner, on every snapshotter containerd loaded.
+Status collect_views(snap::Client& client, bool dry_run, std::vector<std::string>* report) {
+  auto snapshotters = client.list_snapshotters();
+  if (!snapshotters)
+    return std::unexpected(std::move(snapshotters).error().at("list snapshotters"));
+  const std::string filter = "labels.\"" + std::string(snap::kOwnerLabel) + "\"";
+  for (const auto& snapshotter : *snapshotters) {
+    auto views = client.list_snapshots(snapshotter, {filter});
+    // A snapshotter that cannot list (not configured here) holds none of ours.
+    if (!views) {
+      spdlog::debug("gc: snapshotter {}: {}", snapshotter, views.error().to_string());
+      continue;
+    }
+    for (const auto& view : *views) {
+      const auto owner = dead_owner(view.labels);
+      if (!owner) continue;
+      if (!dry_run) {
+        auto removed = client.remove(snapshotter, view.name);
+        if (!removed && removed.error().kind != ErrorKind::not_found)
+          return std::unexpected(std::move(removed).error().at("remove view " + view.name));
+      }
+      if (report != nullptr)
+        report->push_back(gone_line(dry_run, "view " + view.name + " (" + snapshotter + ")",
+                                    client.ns(), *owner));
+    }
+  }
+  return {};
+}
+
+// Leases labelled with a dead owner, with the view each names: what
+// earlier versions made (a lease per view).
+Status collect_leases(snap::Client& client, bool dry_run, std::vector<std::string>* report) {
   const std::string filter = "labels.\"" + std::string(snap::kOwnerLabel) + "\"";
   auto leases = client.list_leases({filter});
   if (!leases) return std::unexpected(std::move(leases).error().at("list leases"));
   for (const auto& lease : *leases) {
-    const auto label = lease.labels.find(std::string(snap::kOwnerLabel));
-    if (label == lease.labels.end()) continue;
-    auto owner = snap::parse_owner(label->second);
-    // An owner label we cannot read is not ours to judge.
-    if (!owner || snap::owner_alive(*owner)) continue;
+    const auto owner = dead_owner(lease.labels);
+    if (!owner) continue;
     auto value = [&](std::string_view key) {
       auto it = lease.labels.find(std::string(key));
       return it == lease.labels.end() ? std::string() : it->second;
     };
     const std::string view = value(snap::kViewLabel);
     const std::string snapshotter = value(snap::kSnapshotterLabel);
-    std::string line = (dry_run ? "would remove lease " : "removed lease ") + lease.id;
+    std::string what = "lease " + lease.id;
     if (!view.empty())
-      line.append(" and view ").append(view).append(" (").append(snapshotter).append(")");
-    line.append(" in namespace ").append(client.ns()).append(": owner pid ");
-    line.append(std::to_string(owner->pid)).append(" is gone");
+      what.append(" and view ").append(view).append(" (").append(snapshotter).append(")");
     if (!dry_run) {
       if (!view.empty() && !snapshotter.empty()) {
         auto removed = client.remove(snapshotter, view);
@@ -45,9 +89,16 @@ Status collect_garbage(snap::Client& client, bool dry_run, std::vector<std::stri
       if (!deleted && deleted.error().kind != ErrorKind::not_found)
         return std::unexpected(std::move(deleted).error().at("delete lease " + lease.id));
     }
-    if (report != nullptr) report->push_back(std::move(line));
+    if (report != nullptr) report->push_back(gone_line(dry_run, what, client.ns(), *owner));
   }
   return {};
+}
+
+}  // namespace
+
+Status collect_garbage(snap::Client& client, bool dry_run, std::vector<std::string>* report) {
+  UB_TRY(collect_views(client, dry_run, report));
+  return collect_leases(client, dry_run, report);
 }
 
 namespace {
@@ -92,7 +143,7 @@ Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state) {
       (void)save_state(failed);
       return std::unexpected(std::move(released).error());
     }
-    // A lease made just before the owner died, not yet in the record.
+    // A view made just before the owner died, not yet in the record.
     if (auto collected = collect_garbage(**client, false, nullptr); !collected)
       spdlog::warn("gc in namespace {}: {}", cd.ns, collected.error().to_string());
   }

@@ -1,5 +1,5 @@
 // Finding and removing what dead owners left: their FUSE mounts, their
-// leases and views in containerd, their state files.
+// views in containerd (and leases of earlier versions), their state files.
 //
 // An owner is dead when the process its records name (boot id, pid, start
 // time) no longer runs. A host daemon that starts runs recover() before it
@@ -20,15 +20,17 @@ namespace urunc::bootfs::daemon {
 
 class ClientPool;
 
-// Leases labelled io.urunc.bootfs/owner whose owner is dead, with their
-// views, in the client's namespace. One line per removed (or, with
-// dry_run, removable) lease goes to `report` when it is not null.
+// Views labelled io.urunc.bootfs/owner whose owner is dead, on every
+// snapshotter, in the client's namespace; and leases so labelled (made by
+// earlier versions), with the view each names. One line per removed (or,
+// with dry_run, removable) view or lease goes to `report` when it is not
+// null.
 [[nodiscard]] Status collect_garbage(snapshot::Client& client, bool dry_run,
                                      std::vector<std::string>* report);
 
 // Undoes what one dead mount left: its FUSE mount (only a dead one, in the
-// namespace it lives in, when that still exists), its recorded view and
-// lease, leases of the same dead owner in its namespace, its state file.
+// namespace it lives in, when that still exists), its recorded view, views
+// (and leases) of dead owners in its namespace, its state file.
 [[nodiscard]] Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state);
 
 // cleanup_dead_state for every record whose owner is dead. Returns one

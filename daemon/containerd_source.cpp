@@ -3,13 +3,16 @@
 //
 // Release order matters: the detached mount must be gone (its last fd
 // closed: every mount's backing files first, then the view's root) before
-// the view is removed, or a btrfs view can leave an empty mount behind; the
-// lease goes last, synchronously, so that when `umount` returns
-// containerd's GC has already removed everything it held.
+// the view is removed, or a btrfs view can leave an empty mount behind.
+// When `umount` returns the view is gone from containerd's metadata;
+// containerd's garbage collector removes the snapshotter's data of it soon
+// after, as after any Snapshots.Remove. (A record of an earlier version
+// names a lease too: it goes last, synchronously.)
 #include <spdlog/spdlog.h>
 
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 #include <optional>
 #include <thread>
 
@@ -218,8 +221,20 @@ struct ViewRegistry::View {
 
 namespace {
 
-// Lease, View and detached mount of `view.key.parent`; on failure undoes
-// what it made.
+// The time containerd.io/gc.root carries (RFC 3339, UTC): when the view
+// was made.
+std::string gc_root_value() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  char text[32];
+  return std::string(text, std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc));
+}
+
+// View and detached mount of `view.key.parent`; on failure undoes what it
+// made. The view is one write transaction of containerd's: no lease holds
+// it; containerd.io/gc.root keeps it, and the owner label lets gc find it
+// when its daemon is dead (snapshot/owner.h).
 Status create_view(ViewRegistry::View& view, const std::string& container,
                    const ViewRegistry::StepFn& on_step, bool parent_committed) {
   snap::Client& client = *view.client;
@@ -236,12 +251,9 @@ Status create_view(ViewRegistry::View& view, const std::string& container,
   }
   auto owner = snap::current_owner();
   if (!owner) return std::unexpected(std::move(owner).error());
-  const std::string owner_value = snap::owner_label_value(*owner);
-  const std::string lease_id = snap::unique_key();
   const std::string view_key = snap::unique_key();
-  snap::Labels labels = {{std::string(snap::kOwnerLabel), owner_value},
-                         {std::string(snap::kViewLabel), view_key},
-                         {std::string(snap::kSnapshotterLabel), key.snapshotter}};
+  snap::Labels labels = {{std::string(snap::kOwnerLabel), snap::owner_label_value(*owner)},
+                         {std::string(snap::kGcRootLabel), gc_root_value()}};
   if (!container.empty()) labels.emplace(std::string(snap::kContainerLabel), container);
 
   // What was made goes again; the record then names nothing (on_step says
@@ -250,26 +262,25 @@ Status create_view(ViewRegistry::View& view, const std::string& container,
     view.mount.reset();
     if (auto released =
             release_keys(client, key.snapshotter, view.record.view_key, view.record.lease_id);
-        !released)
+        !released) {
+      // The record names what is left (a view key not yet on file, too).
+      if (on_step) on_step("left", view.record);
       return std::unexpected(make_error(
           released.error().kind, error.to_string() +
                                      "; and release failed: " + released.error().to_string() +
                                      " (left labelled for `urunc-bootfs gc`)"));
+    }
     view.record = ViewRecord{};
     if (on_step) on_step("undone", view.record);
     return std::unexpected(std::move(error));
   };
 
-  auto lease = client.create_lease(lease_id, labels);
-  if (!lease) return std::unexpected(std::move(lease).error().at("create lease"));
-  view.record.lease_id = lease_id;
-  if (on_step) on_step("lease", view.record);
-  test_stop_point("lease");
-
-  auto mounts = client.view(key.snapshotter, view_key, key.parent,
-                            {{std::string(snap::kOwnerLabel), owner_value}}, lease_id);
-  if (!mounts) return undo(std::move(mounts).error().at("create view"));
+  // Named before the call: a View that missed its deadline may still be
+  // made once containerd gets to it, so the undo removes that key too (and
+  // if it cannot, the record keeps it for gc).
   view.record.view_key = view_key;
+  auto mounts = client.view(key.snapshotter, view_key, key.parent, labels, "");
+  if (!mounts) return undo(std::move(mounts).error().at("create view"));
   for (const auto& m : *mounts) view.record.view_mounts.push_back(describe_mount(m));
   if (on_step) on_step("view", view.record);
   test_stop_point("view");
@@ -595,6 +606,7 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
   if (!client) return std::unexpected(std::move(client).error());
   UB_TRY(locate(clients, **client, request, known, cd));
   clock.lap("locate");
+  test_stop_point("locate");
 
   const ViewKey key{request.address, request.ns, cd.snapshotter, cd.parent};
   auto ref = views.acquire(
@@ -603,7 +615,7 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
         cd.lease_id = record.lease_id;
         cd.view_key = record.view_key;
         (void)save_state(state);
-        if (step == "lease" || step == "view") clock.lap(std::string(step));
+        if (step == "view") clock.lap("view");
       },
       // A parent found as a snapshot's is committed.
       request.parent.empty());
@@ -611,8 +623,8 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
   record_view(*ref, state);
   // A shared view: "view" is the wait for it; a new one was made above.
   // (Recorded with the next save, once the files are open: a new view's
-  // lease and key are on file already, and a shared one's are in the
-  // record of the mount that made it.)
+  // key is on file already, and a shared one's is in the record of the
+  // mount that made it.)
   clock.lap(ref->shared() ? "view" : "attach");
   return std::unique_ptr<Source>(new ViewSource(std::move(*ref)));
 }

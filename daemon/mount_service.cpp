@@ -233,7 +233,7 @@ Result<MountSummary> MountService::setup(const std::shared_ptr<Live>& live,
     live->server.reset();
     if (live->fs) live->fs->close_files();
     bool keep = false;
-    // A view or lease made and not undone (containerd went away meanwhile):
+    // A view made and not undone (containerd went away meanwhile):
     // the record stays, for gc.
     if (!live->source && state.containerd &&
         (!state.containerd->lease_id.empty() || !state.containerd->view_key.empty())) {

@@ -3,8 +3,8 @@
 // test can kill -9 it at exactly that point. The step travels in the
 // request (the client copies URUNC_BOOTFS_TEST_STOP_AFTER from its own
 // environment), not in the daemon's environment: a daemon started by such a
-// mount must not stop every later one. Steps: lease, view, attach, resolve,
-// fuse.
+// mount must not stop every later one. Steps: locate (before the view is
+// made), view, attach, resolve, fuse.
 #pragma once
 
 #include <csignal>

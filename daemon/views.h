@@ -5,17 +5,19 @@
 //
 // ViewRegistry holds one read-only view per image: containers whose
 // snapshots have the same parent in the same containerd, namespace and
-// snapshotter share one lease, one view and one detached mount of it, so
+// snapshotter share one view and one detached mount of it, so
 // the page cache holds one copy of the kernel however many containers run
 // the image. acquire() counts a user, creating the view when it has none
 // (concurrent acquirers of a view being created wait for it); the last
-// Ref's release() removes the view and deletes its lease, after the linger
-// time when one is configured. That is the only path that releases a view.
+// Ref's release() removes the view, after the linger time when one is
+// configured. That is the only path that releases a view.
 //
-// Crash safety: the lease is labelled with the owning process
-// (io.urunc.bootfs/owner), its view and snapshotter; `on_step` lets the
-// first mount record the lease and view in its state file the moment they
-// exist, so a kill -9 at any step leaves a record for gc.
+// No lease holds a view: it is made with containerd.io/gc.root, so that
+// containerd keeps it, in one write transaction (Snapshots.View) instead of
+// two (Leases.Create first). Crash safety: the view is labelled with the
+// owning process (io.urunc.bootfs/owner), so gc finds it on its snapshotter
+// once that process is dead; `on_step` lets the first mount record the view
+// in its state file the moment it exists.
 #pragma once
 
 #include <chrono>
@@ -94,7 +96,7 @@ struct ViewKey {
 
 // What a mount records of its view (cli::ContainerdState's view fields).
 struct ViewRecord {
-  std::string lease_id;
+  std::string lease_id;  // only a record of an earlier version's names one
   std::string view_key;
   std::vector<std::string> view_mounts;
   std::optional<cli::DevmapperState> devmapper;
@@ -120,7 +122,7 @@ class ViewRegistry {
     // The view existed before this acquire.
     [[nodiscard]] bool shared() const { return shared_; }
     // Drops this use; when it was the last (and no linger is set), removes
-    // the view and deletes its lease before returning. Idempotent.
+    // the view before returning. Idempotent.
     [[nodiscard]] Status release();
     // Whether release() released the view itself.
     [[nodiscard]] bool released_view() const { return released_view_; }
@@ -139,9 +141,11 @@ class ViewRegistry {
 
   using StepFn = std::function<void(std::string_view step, const ViewRecord&)>;
   // The view of `key`'s parent: an existing one (counted), or a new one
-  // made with `client` (lease, View, attach; the parent must be committed).
-  // `on_step` is called after the lease and after the view exist, only when
-  // this call creates them. Failure leaves nothing behind. `parent_committed`:
+  // made with `client` (View, attach; the parent must be committed).
+  // `on_step` is called once the view exists ("view"), only when this call
+  // creates it, and when a failed creation could not undo it ("left": the
+  // record names what is left for gc). Failure leaves nothing behind, or
+  // that record. `parent_committed`:
   // the parent is a snapshot's parent, so committed by containerd's own rule
   // (no Stat is spent to check it; a parent named by the caller is checked,
   // for a clear refusal).
@@ -165,8 +169,9 @@ class ViewRegistry {
   std::thread reaper_;
 };
 
-// Releases a view and lease recorded in a state file (dead mounts). A view
-// or lease already gone is no error. Retries while containerd is away.
+// Releases a view recorded in a state file (dead mounts), and the lease of
+// a record of an earlier version. What is already gone is no error.
+// Retries while containerd is away.
 [[nodiscard]] Status release_recorded(snap::Client& client, const cli::ContainerdState& state);
 
 }  // namespace urunc::bootfs::daemon

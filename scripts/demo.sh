@@ -232,7 +232,7 @@ sed -n '/^source:/p; /^view:/p; /^paths from:/p; /^artifacts:/,$p' "$meas/status
 # --------------------------------------------------------------- 6. cleanup
 
 section "Cleanup"
-row "teardown" "binds, urunc-bootfs mount, view and lease: gone (checked by urunc-flow.sh)"
+row "teardown" "binds, urunc-bootfs mount, the view: gone, no lease (checked by urunc-flow.sh)"
 daemon_pid=$(cat "$work/state/daemon.pid" 2>/dev/null || true)
 stop_daemon
 row "daemon" "urunc-bootfsd ${daemon_pid:+PID $daemon_pid }stopped (SIGTERM)"

@@ -13,6 +13,7 @@
 #include "events/container.pb.h"
 #include "services/containers/v1/containers.grpc.pb.h"
 #include "services/events/v1/events.grpc.pb.h"
+#include "services/introspection/v1/introspection.grpc.pb.h"
 #include "services/leases/v1/leases.grpc.pb.h"
 #include "services/namespaces/v1/namespace.grpc.pb.h"
 #include "services/snapshots/v1/snapshots.grpc.pb.h"
@@ -22,6 +23,7 @@ namespace urunc::bootfs::snapshot {
 
 namespace pb_containers = containerd::services::containers::v1;
 namespace pb_events = containerd::services::events::v1;
+namespace pb_introspection = containerd::services::introspection::v1;
 namespace pb_leases = containerd::services::leases::v1;
 namespace pb_namespaces = containerd::services::namespaces::v1;
 namespace pb_snapshots = containerd::services::snapshots::v1;
@@ -31,6 +33,7 @@ struct Client::Connection {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb_containers::Containers::Stub> containers;
   std::unique_ptr<pb_events::Events::Stub> events;
+  std::unique_ptr<pb_introspection::Introspection::Stub> introspection;
   std::unique_ptr<pb_leases::Leases::Stub> leases;
   std::unique_ptr<pb_namespaces::Namespaces::Stub> namespaces;
   std::unique_ptr<pb_snapshots::Snapshots::Stub> snapshots;
@@ -182,6 +185,7 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   connection->events = pb_events::Events::NewStub(connection->channel);
   connection->leases = pb_leases::Leases::NewStub(connection->channel);
   connection->namespaces = pb_namespaces::Namespaces::NewStub(connection->channel);
+  connection->introspection = pb_introspection::Introspection::NewStub(connection->channel);
   connection->snapshots = pb_snapshots::Snapshots::NewStub(connection->channel);
   return std::unique_ptr<Client>(
       new Client(std::move(connection), std::move(options.ns), options.timeout));
@@ -461,6 +465,20 @@ Result<std::vector<std::string>> Client::list_namespaces() {
   std::vector<std::string> names;
   names.reserve(static_cast<size_t>(response.namespaces_size()));
   for (const auto& ns : response.namespaces()) names.push_back(ns.name());
+  return names;
+}
+
+Result<std::vector<std::string>> Client::list_snapshotters() {
+  const std::string what = "snapshotters of containerd at " + connection_->address;
+  grpc::ClientContext context;
+  prepare(context, timeout_, {});
+  pb_introspection::PluginsRequest request;
+  request.add_filters("type==io.containerd.snapshotter.v1");
+  pb_introspection::PluginsResponse response;
+  const auto status = connection_->introspection->Plugins(&context, request, &response);
+  if (!status.ok()) return std::unexpected(status_error(status, what));
+  std::vector<std::string> names;
+  for (const auto& plugin : response.plugins()) names.push_back(plugin.id());
   return names;
 }
 

@@ -216,6 +216,18 @@ class DaemonTest : public ::testing::Test {
     return out;
   }
 
+  // Each view of ours is kept by its own labels, no lease: containerd's
+  // gc.root, and the owner label by which gc finds it once its daemon is
+  // dead.
+  void expect_views_kept_by_their_labels() const {
+    EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix), std::vector<std::string>{}) << "a lease was made";
+    for (const auto& view : views()) {
+      const auto labels = ctrd_->snapshot_labels(ns_, "overlayfs", view);
+      EXPECT_TRUE(labels.contains("containerd.io/gc.root")) << view;
+      EXPECT_TRUE(labels.contains("io.urunc.bootfs/owner")) << view;
+    }
+  }
+
   // This test's urunc-bootfs FUSE mounts in the mount table (the host may
   // have other daemons' mounts: only those beneath this test's directory).
   std::vector<std::string> bootfs_mounts() const {
@@ -286,9 +298,9 @@ TEST_F(DaemonTest, TwoContainersOfOneImageShareOneViewTheLastUnmountReleasesIt) 
   ASSERT_TRUE(second.ok()) << second.describe();
   EXPECT_EQ(read_file(a + "/.boot/kernel"), shared().images[0].kernel);
   EXPECT_EQ(read_file(b + "/.boot/kernel"), shared().images[0].kernel);
-  // containerd holds one view and one lease for both.
+  // containerd holds one view for both, kept by its labels.
   EXPECT_EQ(views().size(), 1U);
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
+  expect_views_kept_by_their_labels();
   const auto sa = cli_.status(a);
   const auto sb = cli_.status(b);
   EXPECT_EQ(sa["containerd"]["view"], sb["containerd"]["view"]);
@@ -299,7 +311,7 @@ TEST_F(DaemonTest, TwoContainersOfOneImageShareOneViewTheLastUnmountReleasesIt) 
   ASSERT_TRUE(cli_({"umount", a}).ok());
   EXPECT_EQ(views().size(), 1U);
   EXPECT_EQ(read_file(b + "/.boot/kernel"), shared().images[0].kernel);
-  // The last one releases view and lease before it returns.
+  // The last one releases the view before it returns.
   ASSERT_TRUE(cli_({"umount", b}).ok());
   EXPECT_EQ(views(), std::vector<std::string>{});
   EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix), std::vector<std::string>{});
@@ -428,11 +440,10 @@ TEST_F(DaemonTest, StatusJsonGivesTheStepTimings) {
   ASSERT_TRUE(mount(ids[0], a).ok());
   ASSERT_TRUE(mount(ids[1], b).ok());
   const auto first = cli_.status(a)["timings_ms"];
-  for (const char* step : {"locate", "lease", "view", "attach", "resolve", "fuse", "ready", "total"})
+  for (const char* step : {"locate", "view", "attach", "resolve", "fuse", "ready", "total"})
     EXPECT_TRUE(first.contains(step)) << step << " missing in " << first.dump();
   const auto again = cli_.status(b)["timings_ms"];
   EXPECT_TRUE(again.contains("view"));
-  EXPECT_FALSE(again.contains("lease")) << "a shared view's lease is not made again";
   EXPECT_FALSE(again.contains("attach")) << "a shared view is not attached again";
   EXPECT_TRUE(cli_({"umount", a}).ok());
   EXPECT_TRUE(cli_({"umount", b}).ok());
@@ -451,7 +462,7 @@ TEST_F(DaemonTest, Kill9WhileServingFiveMountsTheNextDaemonCleansEverything) {
   ASSERT_TRUE(wait_for([&] { return !pid_alive(daemon); }));
   EXPECT_EQ(views().size(), 1U) << "the view is gone before anyone cleaned";
   // A new mount starts a new daemon, which first removes what the dead one
-  // left: its dead FUSE mounts, its view and lease, its state files.
+  // left: its dead FUSE mounts, its view, its state files.
   const auto next = mountpoint("next");
   auto r = mount(ids[0], next);
   ASSERT_TRUE(r.ok()) << r.describe();
@@ -491,7 +502,7 @@ TEST_P(KillAtStep, Kill9ThenGcOrTheNextDaemonCleansAndANewMountWorks) {
   }
   EXPECT_FALSE(first.ok()) << "a mount whose daemon died must fail";
   EXPECT_TRUE(done.load());
-  // `gc` alone finds what is left (its record or the lease's owner label).
+  // `gc` alone finds what is left (its record or the view's owner label).
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   EXPECT_TRUE(gc.ok()) << gc.describe();
   EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix), std::vector<std::string>{});
@@ -504,8 +515,7 @@ TEST_P(KillAtStep, Kill9ThenGcOrTheNextDaemonCleansAndANewMountWorks) {
   EXPECT_TRUE(cli_({"umount", mnt}).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Steps, KillAtStep,
-                         ::testing::Values("lease", "view", "attach", "resolve", "fuse"));
+INSTANTIATE_TEST_SUITE_P(Steps, KillAtStep, ::testing::Values("view", "attach", "resolve", "fuse"));
 
 TEST_F(DaemonTest, ContainerdRestartedWhileServingThenUmountReleases) {
   const auto ids = containers(0, 2);
@@ -625,7 +635,7 @@ TEST_F(DaemonTest, AfterAContainerdRestartTheWatchForgetsThenWatchesAgain) {
 // open, FUSE filesystem made and INIT answered, yet detached (in no mount
 // table: nothing shows at any mountpoint before its mount asks). The
 // container's mount only attaches it and shares the view; from then on the
-// mount alone holds them, and its unmount releases view and lease.
+// mount alone holds them, and its unmount releases the view.
 TEST_F(DaemonTest, AUruncContainersViewAndMountAreMadeAheadAndOnlyAttachedWhenAsked) {
   const auto warm = mountpoint("warm");
   ASSERT_NO_FATAL_FAILURE(watching_with_image(1, warm));
@@ -637,7 +647,7 @@ TEST_F(DaemonTest, AUruncContainersViewAndMountAreMadeAheadAndOnlyAttachedWhenAs
   ASSERT_TRUE(wait_for([&] { return ahead_count("mounts_made") == 1; })) << cli_.ping().dump();
   EXPECT_EQ(ahead_count("held"), 1U);
   EXPECT_EQ(views().size(), 2U) << "the view of the urunc container's image is made ahead";
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 2U);
+  expect_views_kept_by_their_labels();
   EXPECT_EQ(fuse_fds(daemon), 2) << "the prepared mount has its FUSE connection";
   EXPECT_EQ(bootfs_mounts(), std::vector<std::string>{warm}) << "a prepared mount is detached";
   const auto mnt = mountpoint("u");
@@ -657,7 +667,6 @@ TEST_F(DaemonTest, AUruncContainersViewAndMountAreMadeAheadAndOnlyAttachedWhenAs
   EXPECT_EQ(ahead_count("held"), 0U);
   ASSERT_TRUE(cli_({"umount", mnt}).ok());
   EXPECT_EQ(views().size(), 1U) << "the last unmount of the image released its view";
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U) << "and its lease";
   EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 1; })) << "its connection is closed";
   ASSERT_TRUE(cli_({"umount", warm}).ok());
 }
@@ -707,7 +716,6 @@ TEST_F(DaemonTest, ABundleThatNamesOtherFilesGetsThemNotTheMountMadeAhead) {
       << "the prepared mount's connection is closed: " << fuse_fds(daemon);
   ASSERT_TRUE(cli_({"umount", mnt}).ok());
   EXPECT_EQ(views().size(), 1U) << "the last unmount of the image released its view";
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U) << "and its lease";
   ASSERT_TRUE(cli_({"umount", warm}).ok());
 }
 
@@ -732,7 +740,7 @@ TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
   EXPECT_TRUE(wait_for([&] { return views().size() == 1; })) << "the view outlived its container";
   EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 1; }))
       << "the prepared mount outlived its container: " << fuse_fds(daemon);
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
+  expect_views_kept_by_their_labels();
   create_urunc(1, "idle");
   ASSERT_TRUE(wait_for([&] { return ahead_count("made") == 2; })) << cli_.ping().dump();
   EXPECT_EQ(ahead_count("mounts_made"), 2U);
@@ -741,7 +749,7 @@ TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
   EXPECT_TRUE(wait_for([&] { return views().size() == 1; })) << "the view outlived its hold time";
   EXPECT_TRUE(wait_for([&] { return fuse_fds(daemon) == 1; }))
       << "the prepared mount outlived its hold time: " << fuse_fds(daemon);
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
+  expect_views_kept_by_their_labels();
   EXPECT_EQ(bootfs_mounts(), std::vector<std::string>{warm});
   EXPECT_EQ(ahead_count("mounts_used"), 0U);
   // Its container still mounts: the view and the mount are made at mount
@@ -758,8 +766,8 @@ TEST_F(DaemonTest, AViewHeldAheadGoesWithItsContainerOrAfterItsHoldTime) {
 
 // A daemon killed while it holds a view and a mount ahead (no mount, no
 // state file): the prepared mount was detached, so it goes with the
-// process and leaves no mount behind; the view's lease is labelled with
-// its owner, so gc removes view and lease.
+// process and leaves no mount behind; the view is labelled with its
+// owner, so gc removes it.
 TEST_F(DaemonTest, Kill9WhileHoldingAViewAheadGcRemovesIt) {
   const auto warm = mountpoint("warm");
   ASSERT_NO_FATAL_FAILURE(watching_with_image(2, warm));
@@ -787,7 +795,7 @@ TEST_F(DaemonTest, Kill9WhileHoldingAViewAheadGcRemovesIt) {
 }
 
 // A daemon stopped while it holds a mount ahead closes it and releases
-// its view and lease itself before it exits: nothing is left for gc.
+// its view itself before it exits: nothing is left for gc.
 TEST_F(DaemonTest, ADaemonStoppedWhileHoldingAMountAheadReleasesItsView) {
   const auto warm = mountpoint("warm");
   ASSERT_NO_FATAL_FAILURE(watching_with_image(3, warm));
@@ -862,10 +870,10 @@ TEST_F(DaemonTest, TheSocketServesAMountAskedDirectlyAndRefusesABadMountpoint) {
     EXPECT_NE(refused.value("message", "").find(c.says), std::string::npos) << refused.dump();
   }
   ::umount2(other.c_str(), MNT_DETACH);
-  // Nothing was made for them: one mount, one view, one lease, one record.
+  // Nothing was made for them: one mount, one view (no lease), one record.
   EXPECT_EQ(cli_.ping()["mounts"], 1);
   EXPECT_EQ(views().size(), 1U);
-  EXPECT_EQ(ctrd_->lease_ids(ns_, kPrefix).size(), 1U);
+  expect_views_kept_by_their_labels();
   EXPECT_EQ(cli_.state_files().size(), 1U);
   EXPECT_EQ(read_file(a + "/.boot/kernel"), shared().images[0].kernel);
 }

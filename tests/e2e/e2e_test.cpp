@@ -615,9 +615,11 @@ TEST_F(E2e, HookCreateRuntimeThenReadThenPoststop) {
   EXPECT_EQ(st["containerd"].value("container", ""), id);
   EXPECT_EQ(sha256_file(mnt / fs::path(img.kernel).relative_path()), img.kernel_sha);
   EXPECT_EQ(sha256_file(mnt / fs::path(img.initrd).relative_path()), img.initrd_sha);
-  auto leases = ctrd->ctr_ns(kNamespace, {"leases", "ls"});
-  EXPECT_NE(leases.out.find("io.urunc.bootfs/"), std::string::npos) << "no lease while mounted:\n"
-                                                                    << leases.out;
+  // The view the mount reads, kept by its labels (no lease).
+  const std::string view = st["containerd"].value("view", "");
+  const auto labels = ctrd->snapshot_labels(kNamespace, kSnapshotter, view);
+  EXPECT_TRUE(labels.contains("containerd.io/gc.root")) << "no view while mounted: " << view;
+  EXPECT_TRUE(labels.contains("io.urunc.bootfs/owner")) << view;
 
   const nlohmann::json stopped = {
       {"ociVersion", "1.0.2"}, {"id", id}, {"status", "stopped"}, {"bundle", bundle.string()}};

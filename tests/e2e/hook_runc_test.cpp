@@ -140,7 +140,10 @@ TEST_P(HookUnderRunc, BootServesTheKernelWhileTheTaskRunsAndNothingIsLeftAfterDe
   EXPECT_EQ(st["containerd"]["namespace"], kNamespace);
   EXPECT_EQ(st["containerd"]["container"], kId);
   const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
-  EXPECT_EQ(ctrd.lease_ids(kNamespace, "urunc-bootfs/").size(), 1u);
+  EXPECT_EQ(ctrd.lease_ids(kNamespace, "urunc-bootfs/"), std::vector<std::string>{});
+  const std::string view = st["containerd"]["view"];
+  EXPECT_TRUE(ctrd.snapshot_labels(kNamespace, "overlayfs", view).contains("io.urunc.bootfs/owner"))
+      << "no view while mounted: " << view;
 
   // Kill, delete the task (runc delete runs poststop), delete the container.
   auto killed = ctrd.ctr_ns(kNamespace, {"tasks", "kill", "-s", "SIGKILL", kId});

@@ -3,7 +3,7 @@
 // with faults injected at the worst moments:
 //
 //   KillDaemon      kill -9 of the daemon right after each step of mount
-//                   (lease, view, attach: the daemon SIGSTOPs itself there,
+//                   (view, attach: the daemon SIGSTOPs itself there,
 //                   URUNC_BOOTFS_TEST_STOP_AFTER) and while serving; the
 //                   waiting `mount`, `umount` or `gc` cleans up.
 //   ContainerdDown  containerd stopped while a mount serves; back during or
@@ -555,13 +555,12 @@ class FaultTest : public ::testing::Test {
     const auto st = state_json();
     ASSERT_TRUE(st);
     const pid_t daemon = (*st)["daemon"]["pid"].get<pid_t>();
-    const std::string lease = (*st)["containerd"]["lease"], view = (*st)["containerd"]["view"];
+    const std::string view = (*st)["containerd"]["view"];
 
     restart_containerd(*ctrd_);
     EXPECT_EQ(hashes(mnt), before);
-    EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
-        << "the restart lost or added a lease";
-    EXPECT_EQ(ours_views(), std::vector<std::string>{view});
+    EXPECT_EQ(ours_views(), std::vector<std::string>{view}) << "the restart lost or added a view";
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{});
     EXPECT_TRUE(pid_alive(daemon));
 
     const auto start = Clock::now();
@@ -597,7 +596,7 @@ class FaultTest : public ::testing::Test {
 //   umount  the `mount` was killed first; `urunc-bootfs umount MNT` cleans;
 //   gc      the same, `urunc-bootfs gc` cleans.
 struct KillCase {
-  std::string step;     // lease, view, attach, serving
+  std::string step;     // view, attach, serving
   std::string cleaner;  // parent, umount, gc
 };
 
@@ -611,7 +610,7 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
   const auto& [step, cleaner] = GetParam();
   const std::string mnt = mountpoint("mnt-" + step + "-" + cleaner);
   pid_t daemon = -1;
-  std::string lease, view;
+  std::string view;
 
   if (step == "serving") {
     auto r = mount(mnt);
@@ -620,7 +619,6 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
     const auto st = state_json();
     ASSERT_TRUE(st);
     daemon = (*st)["daemon"]["pid"].get<pid_t>();
-    lease = (*st)["containerd"]["lease"];
     view = (*st)["containerd"]["view"];
     ASSERT_EQ(::kill(daemon, SIGKILL), 0);
     ASSERT_TRUE(wait_dead(daemon)) << "daemon " << daemon << " survived SIGKILL";
@@ -631,9 +629,8 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
     EXPECT_TRUE(errno == ENOTCONN || errno == ECONNABORTED) << std::strerror(errno);
     if (fd >= 0) ::close(fd);
     EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{mnt});
-    EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
-        << "the lease must outlive a killed daemon";
-    EXPECT_EQ(ours_views(), std::vector<std::string>{view});
+    EXPECT_EQ(ours_views(), std::vector<std::string>{view})
+        << "the view must outlive a killed daemon";
   } else {
     Background bg(mount_argv(mnt, {}, {"URUNC_BOOTFS_TEST_STOP_AFTER=" + step}), mnt);
     daemon = wait_stopped_daemon(bg);
@@ -648,17 +645,10 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
     const auto st = state_json();
     ASSERT_TRUE(st);
     EXPECT_EQ((*st)["phase"], "starting");
-    lease = (*st)["containerd"]["lease"];
     view = (*st)["containerd"]["view"];
-    EXPECT_TRUE(starts_with(lease, kPrefix)) << st->dump(2);
-    EXPECT_EQ(ours_leases(), std::vector<std::string>{lease});
-    if (step == "lease") {
-      EXPECT_EQ(view, "");
-      EXPECT_EQ(ours_views(), std::vector<std::string>{});
-    } else {
-      EXPECT_TRUE(starts_with(view, kPrefix)) << st->dump(2);
-      EXPECT_EQ(ours_views(), std::vector<std::string>{view});
-    }
+    EXPECT_TRUE(starts_with(view, kPrefix)) << st->dump(2);
+    EXPECT_EQ(ours_views(), std::vector<std::string>{view});
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{}) << "no lease holds a view";
     EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{})
         << "nothing is mounted before serve";
 
@@ -677,7 +667,7 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
       EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.describe();
       ASSERT_EQ(::kill(daemon, SIGKILL), 0);
       ASSERT_TRUE(wait_dead(daemon)) << "daemon " << daemon << " survived SIGKILL";
-      EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "nobody released yet";
+      EXPECT_EQ(ours_views(), std::vector<std::string>{view}) << "nobody released yet";
     }
   }
 
@@ -687,7 +677,7 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
   } else if (cleaner == "gc") {
     auto g = gc();
     EXPECT_TRUE(g.ok()) << g.describe();
-    EXPECT_TRUE(contains(g.out, lease)) << g.out;
+    EXPECT_TRUE(contains(g.out, view)) << g.out;
     EXPECT_TRUE(contains(g.out, mnt)) << g.out;
   }
   expect_daemon_done(daemon);
@@ -697,10 +687,8 @@ TEST_P(KillDaemon, NothingIsLeftAfterCleanup) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Faults, KillDaemon,
-                         ::testing::Values(KillCase{"lease", "parent"}, KillCase{"lease", "umount"},
-                                           KillCase{"lease", "gc"}, KillCase{"view", "parent"},
-                                           KillCase{"view", "umount"}, KillCase{"view", "gc"},
-                                           KillCase{"attach", "parent"},
+                         ::testing::Values(KillCase{"view", "parent"}, KillCase{"view", "umount"},
+                                           KillCase{"view", "gc"}, KillCase{"attach", "parent"},
                                            KillCase{"attach", "umount"}, KillCase{"attach", "gc"},
                                            KillCase{"serving", "umount"},
                                            KillCase{"serving", "gc"}),
@@ -724,7 +712,7 @@ TEST_F(ContainerdDown, ReadsKeepWorkingAndGcReleasesWhenItIsBack) {
   const auto st = state_json();
   ASSERT_TRUE(st);
   const pid_t daemon = (*st)["daemon"]["pid"].get<pid_t>();
-  const std::string lease = (*st)["containerd"]["lease"], view = (*st)["containerd"]["view"];
+  const std::string view = (*st)["containerd"]["view"];
   const int held = ::open((mnt + kKernel).c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(held, 0) << std::strerror(errno);
 
@@ -757,31 +745,31 @@ TEST_F(ContainerdDown, ReadsKeepWorkingAndGcReleasesWhenItIsBack) {
   EXPECT_EQ((*after)["phase"], "release-failed") << after->dump(2);
 
   start_containerd_again(*ctrd_);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must survive for gc";
-  EXPECT_EQ(ours_views(), std::vector<std::string>{view});
+  EXPECT_EQ(ours_views(), std::vector<std::string>{view}) << "the view must survive for gc";
   auto g = gc();
   ASSERT_TRUE(g.ok()) << g.describe();
-  EXPECT_TRUE(contains(g.out, lease)) << g.out;
+  EXPECT_TRUE(contains(g.out, view)) << g.out;
   expect_nothing_left(mnt);
   expect_mounts_again(mnt);
 }
 
-// containerd stops in the middle of mount, right after the lease: View
-// fails, the undo (delete lease) fails for its whole budget; mount exits 4
-// in bounded time saying the rest is left for gc, and the state file keeps
-// the exact record (phase release-failed). umount fails cleanly (4) while
-// containerd is down and finishes the release once it is back.
-TEST_F(ContainerdDown, StoppedAfterTheLeaseMountFailsAndLeavesARecord) {
+// containerd stops in the middle of mount, right after the view, and the
+// mount then fails (its --kernel names no file in the image): the undo
+// (remove the view) fails for its whole budget; mount exits 4 in bounded
+// time saying the rest is left for gc, and the state file keeps the exact
+// record (phase release-failed). umount fails cleanly (4) while containerd
+// is down and finishes the release once it is back.
+TEST_F(ContainerdDown, StoppedAfterTheViewAFailedMountLeavesARecord) {
   const std::string mnt = mountpoint();
   Background bg(
-      mount_argv(mnt, {"--timeout", "1000"},
-                 {"URUNC_BOOTFS_TEST_STOP_AFTER=lease", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
+      mount_argv(mnt, {"--timeout", "1000", "--kernel", "/no/such/kernel"},
+                 {"URUNC_BOOTFS_TEST_STOP_AFTER=view", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
       mnt);
   const pid_t daemon = wait_stopped_daemon(bg);
   ASSERT_GT(daemon, 0) << (bg.done() ? bg.join().describe() : "still running");
   const auto st = state_json();
   ASSERT_TRUE(st);
-  const std::string lease = (*st)["containerd"]["lease"];
+  const std::string view = (*st)["containerd"]["view"];
   stop_containerd_keep_state(*ctrd_);
   const auto start = Clock::now();
   ASSERT_EQ(::kill(daemon, SIGCONT), 0);
@@ -789,15 +777,16 @@ TEST_F(ContainerdDown, StoppedAfterTheLeaseMountFailsAndLeavesARecord) {
   const double took = seconds_since(start);
   EXPECT_EQ(r.exit_code, 4) << r.describe();
   expect_one_line_error(r);
+  EXPECT_TRUE(contains(r.err, "/no/such/kernel")) << r.err;
   EXPECT_TRUE(contains(r.err, "gc")) << r.err;
-  EXPECT_TRUE(contains(r.err, lease)) << r.err;
+  EXPECT_TRUE(contains(r.err, view)) << r.err;
   EXPECT_LT(took, 30.0) << r.describe();
   expect_daemon_done(daemon);
   EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
   const auto left = state_json();
-  ASSERT_TRUE(left) << "the lease is left in containerd, so its record must stay";
+  ASSERT_TRUE(left) << "the view is left in containerd, so its record must stay";
   EXPECT_EQ((*left)["phase"], "release-failed") << left->dump(2);
-  EXPECT_EQ((*left)["containerd"]["lease"], lease) << left->dump(2);
+  EXPECT_EQ((*left)["containerd"]["view"], view) << left->dump(2);
 
   auto down = umount(mnt);
   EXPECT_EQ(down.exit_code, 4) << down.describe();
@@ -805,7 +794,7 @@ TEST_F(ContainerdDown, StoppedAfterTheLeaseMountFailsAndLeavesARecord) {
   EXPECT_TRUE(state_json()) << "a failed umount must keep the record";
 
   start_containerd_again(*ctrd_);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease});
+  EXPECT_EQ(ours_views(), std::vector<std::string>{view});
   auto u = umount(mnt);
   EXPECT_TRUE(u.ok()) << u.describe();
   expect_nothing_left(mnt);
@@ -862,8 +851,8 @@ class MatrixFaults : public FaultTest, public ::testing::WithParamInterface<Cell
   std::string snapshotter() const override { return GetParam().snapshotter; }
 };
 
-// kill -9 of a serving daemon: the lease and view outlive it, gc removes
-// them (and the dead FUSE mount, the loop device of a blockfile view goes
+// kill -9 of a serving daemon: the view outlives it, gc removes it (and
+// the dead FUSE mount, the loop device of a blockfile view goes
 // with the daemon's fds), and the mountpoint mounts again.
 TEST_P(MatrixFaults, KillNineWhileServingThenGcCleans) {
   const std::string mnt = mountpoint();
@@ -873,15 +862,14 @@ TEST_P(MatrixFaults, KillNineWhileServingThenGcCleans) {
   const auto st = state_json();
   ASSERT_TRUE(st);
   const pid_t daemon = (*st)["daemon"]["pid"].get<pid_t>();
-  const std::string lease = (*st)["containerd"]["lease"], view = (*st)["containerd"]["view"];
+  const std::string view = (*st)["containerd"]["view"];
   ASSERT_EQ(::kill(daemon, SIGKILL), 0);
   ASSERT_TRUE(wait_dead(daemon)) << "daemon " << daemon << " survived SIGKILL";
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
-      << "the lease must outlive a killed daemon";
-  EXPECT_EQ(ours_views(), std::vector<std::string>{view});
+  EXPECT_EQ(ours_views(), std::vector<std::string>{view})
+      << "the view must outlive a killed daemon";
   auto g = gc();
   EXPECT_TRUE(g.ok()) << g.describe();
-  EXPECT_TRUE(contains(g.out, lease)) << g.out;
+  EXPECT_TRUE(contains(g.out, view)) << g.out;
   EXPECT_TRUE(contains(g.out, mnt)) << g.out;
   expect_nothing_left(mnt);
   reap_zombies();
@@ -935,22 +923,23 @@ TEST_F(ContainerdSlow, FrozenMountFailsInBoundedTime) {
   expect_mounts_again(mnt);
 }
 
-// containerd freezes in the middle of mount, right after the lease: the
-// View call meets its deadline, the undo (delete lease) cannot reach
-// containerd either; mount fails in bounded time with exit 4 and one line,
-// and once containerd runs again, gc leaves nothing (whatever containerd
-// did with the requests queued while it was frozen).
-TEST_F(ContainerdSlow, FrozenAfterTheLeaseMountFailsAndGcCleans) {
+// containerd freezes in the middle of mount, right before the view: the
+// View call meets its deadline, the undo (remove that view key, which
+// containerd may still make once it runs) cannot reach containerd either;
+// mount fails in bounded time with exit 4 and one line, the record names
+// the view key, and once containerd runs again, gc leaves nothing (whatever
+// containerd did with the requests queued while it was frozen).
+TEST_F(ContainerdSlow, FrozenBeforeTheViewMountFailsAndGcCleans) {
   const std::string mnt = mountpoint();
   Background bg(
       mount_argv(mnt, {"--timeout", "1000"},
-                 {"URUNC_BOOTFS_TEST_STOP_AFTER=lease", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
+                 {"URUNC_BOOTFS_TEST_STOP_AFTER=locate", "URUNC_BOOTFS_RELEASE_TIMEOUT_MS=2000"}),
       mnt);
   const pid_t daemon = wait_stopped_daemon(bg);
   ASSERT_GT(daemon, 0) << (bg.done() ? bg.join().describe() : "still running");
   const auto st = state_json();
   ASSERT_TRUE(st);
-  const std::string lease = (*st)["containerd"]["lease"];
+  EXPECT_EQ((*st)["containerd"]["view"], "") << st->dump(2);
   RunResult r;
   double took = 0;
   {
@@ -967,9 +956,13 @@ TEST_F(ContainerdSlow, FrozenAfterTheLeaseMountFailsAndGcCleans) {
   EXPECT_LT(took, 30.0) << r.describe();
   expect_daemon_done(daemon);
   EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{});
-  std::cout << "[ frozen  ] mount frozen after the lease failed after " << took << " s: " << r.err;
+  std::cout << "[ frozen  ] mount frozen before the view failed after " << took << " s: " << r.err;
   std::this_thread::sleep_for(1s);
   const auto left = state_json();
+  ASSERT_TRUE(left) << "the view key may be made yet, so its record must stay";
+  EXPECT_EQ((*left)["phase"], "release-failed") << left->dump(2);
+  EXPECT_TRUE(starts_with((*left)["containerd"]["view"].get<std::string>(), kPrefix))
+      << left->dump(2);
   std::cout << "[ frozen  ] left: state file "
             << (left ? left->value("phase", "?") : std::string("none")) << ", leases "
             << ours_leases().size() << ", views " << ours_views().size() << "\n";

@@ -56,6 +56,7 @@
 #include "bootfs_cli.h"
 #include "test_support.h"
 #include "urunc_bootfs/snapshot/client.h"
+#include "urunc_bootfs/snapshot/owner.h"
 
 namespace urunc_bootfs::test {
 namespace {
@@ -438,6 +439,15 @@ class ContainerdTest : public ::testing::Test {
 
   // Lease ids and snapshot keys in this namespace made by urunc-bootfs.
   std::vector<std::string> ours_leases() const { return ctrd_->lease_ids(ns_, kPrefix); }
+  // A view of ours is kept by its own labels and no lease: containerd's
+  // gc.root, and the owner label by which gc finds it once its daemon is
+  // dead.
+  void expect_kept_by_its_labels(const std::string& view) const {
+    EXPECT_EQ(ours_leases(), std::vector<std::string>{}) << "a lease was made";
+    const auto labels = ctrd_->snapshot_labels(ns_, snapshotter(), view);
+    EXPECT_TRUE(labels.contains("containerd.io/gc.root")) << view;
+    EXPECT_TRUE(labels.contains("io.urunc.bootfs/owner")) << view;
+  }
   std::vector<std::string> ours_snapshots() const {
     std::vector<std::string> out;
     for (const auto& name : shared_->snapshotters()) {
@@ -690,8 +700,9 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
                               << " by: " << ref.command();
   }
 
-  // status --json: namespace, container, snapshotter, view key, lease id
-  // and the view's mounts, all true of containerd.
+  // status --json: namespace, container, snapshotter, view key and the
+  // view's mounts, all true of containerd (no lease: the view's labels keep
+  // it).
   const auto st = status_json(mnt);
   ASSERT_TRUE(st.contains("containerd")) << st.dump(2);
   const auto& cd = st["containerd"];
@@ -701,9 +712,9 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
   EXPECT_EQ(cd["snapshotter"], snapshotter());
   EXPECT_EQ(cd["parent"], image_->chain_id);
   EXPECT_EQ(cd["address"], ctrd_->socket());
-  const std::string view = cd["view"], lease = cd["lease"];
+  const std::string view = cd["view"];
   EXPECT_TRUE(starts_with(view, kPrefix)) << view;
-  EXPECT_TRUE(starts_with(lease, kPrefix)) << lease;
+  EXPECT_FALSE(cd.contains("lease")) << st.dump(2);
   ASSERT_FALSE(cd["view_mounts"].empty()) << st.dump(2);
   const std::string first_mount = cd["view_mounts"][0];
   // blockfile: {ext4, <file>, [loop, ro]}; erofs: an overlay of the
@@ -715,11 +726,11 @@ TEST_P(Snapshotter, MountByContainerServesTheTopViewAndReleasesEverything) {
                                     : snapshotter() == "erofs"     ? "overlay "
                                                                    : "btrfs ";
   EXPECT_TRUE(starts_with(first_mount, expected_type)) << first_mount;
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease});
+  expect_kept_by_its_labels(view);
   EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view});
   auto human = cli_({"status", mnt}, kCliTimeout);
   ASSERT_TRUE(human.ok()) << human.describe();
-  for (const auto& needle : {ns_, view, lease, snapshotter()})
+  for (const auto& needle : {ns_, view, snapshotter()})
     EXPECT_TRUE(contains(human.out, needle)) << human.out;
 
   // list --json lists this mount.
@@ -756,7 +767,8 @@ TEST_P(Snapshotter, MountByBundle) {
   EXPECT_EQ(st["containerd"]["container"], kContainer);
   EXPECT_EQ(st["containerd"]["snapshotter"], snapshotter());
   EXPECT_EQ(st["origin"], "urunc.json");
-  EXPECT_EQ(ours_leases().size(), 1u);
+  EXPECT_EQ(ours_snapshots().size(), 1u);
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{});
   expect_view_invisible(st);
   const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
   auto u = cli_({"umount", mnt}, kCliTimeout);
@@ -833,8 +845,8 @@ TEST_P(Snapshotter, ImageWithFiveLayers) {
   expect_released(mnt, daemon);
 }
 
-// kill -9 of the daemon while it serves, then gc: in every cell the lease
-// and view outlive the daemon, gc removes them and the dead FUSE mount, and
+// kill -9 of the daemon while it serves, then gc: in every cell the view
+// outlives the daemon, gc removes it and the dead FUSE mount, and
 // nothing of the view (a loop device of a blockfile view included) is left.
 TEST_P(Snapshotter, KillNineThenGcRemovesTheOrphan) {
   const std::string mnt = mountpoint();
@@ -842,14 +854,12 @@ TEST_P(Snapshotter, KillNineThenGcRemovesTheOrphan) {
   ASSERT_TRUE(r.ok()) << r.describe();
   expect_serves_top_view(mnt);
   const auto st = status_json(mnt);
-  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const std::string view = st["containerd"]["view"];
   const pid_t daemon = kill_daemon(mnt);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
-      << "the lease must outlive a killed daemon";
-  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view});
+  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view})
+      << "the view must outlive a killed daemon";
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   ASSERT_TRUE(gc.ok()) << gc.describe();
-  EXPECT_TRUE(contains(gc.out, lease)) << gc.out;
   EXPECT_TRUE(contains(gc.out, view)) << gc.out;
   expect_released(mnt, daemon);
 }
@@ -992,7 +1002,7 @@ TEST_F(ContainerdErrors, StaleSocketNobodyListens) {
 }
 
 // The container's own active snapshot is not committed: a view of it is
-// refused with 7 before any lease exists.
+// refused with 7 before any view exists.
 TEST_F(ContainerdErrors, ParentNotCommitted) {
   const std::string mnt = mountpoint();
   auto r = mount({"--parent", kContainer, "--snapshotter", snapshotter()}, mnt);
@@ -1026,12 +1036,13 @@ TEST_F(ContainerdErrors, MountpointAlreadyServed) {
   const std::string mnt = mountpoint();
   auto first = mount({"--container", kContainer}, mnt);
   ASSERT_TRUE(first.ok()) << first.describe();
-  const auto leases = ours_leases();
+  const auto views = ours_snapshots();
   auto second = mount({"--container", kContainer}, mnt);
   EXPECT_EQ(second.exit_code, 7) << second.describe();
   expect_one_line_error(second);
   EXPECT_TRUE(contains(second.err, mnt)) << second.err;
-  EXPECT_EQ(ours_leases(), leases) << "the refused mount created a lease";
+  EXPECT_EQ(ours_snapshots(), views) << "the refused mount created a view";
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{}) << "the refused mount created a lease";
   expect_serves_top_view(mnt);
   const pid_t daemon = cli_.daemon_pid(mnt);
   auto u = cli_({"umount", mnt}, kCliTimeout);
@@ -1039,7 +1050,7 @@ TEST_F(ContainerdErrors, MountpointAlreadyServed) {
   expect_released(mnt, daemon);
 }
 
-// The CLI makes a unique view key and lease id per mount, so a conflict
+// The daemon makes a unique view key per view, so a conflict
 // cannot be forced through it: the client call itself must map containerd's
 // ALREADY_EXISTS, naming the key.
 TEST_F(ContainerdErrors, ViewKeyAndLeaseIdThatAlreadyExist) {
@@ -1077,26 +1088,25 @@ TEST_F(ContainerdErrors, ViewKeyAndLeaseIdThatAlreadyExist) {
 
 using ContainerdGc = ContainerdTest;
 
-// kill -9 of the daemon, then gc: the orphaned lease and view go, gc says
-// so, and the dead FUSE mount and its state file go with them.
+// kill -9 of the daemon, then gc: the orphaned view goes, gc says so, and
+// the dead FUSE mount and its state file go with it.
 TEST_F(ContainerdGc, KillNineThenGcRemovesTheOrphan) {
   const std::string mnt = mountpoint();
   auto r = mount({"--container", kContainer}, mnt);
   ASSERT_TRUE(r.ok()) << r.describe();
   const auto st = status_json(mnt);
-  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const std::string view = st["containerd"]["view"];
   const pid_t daemon = kill_daemon(mnt);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease})
-      << "the lease must outlive a killed daemon";
+  const std::vector<std::string> left = {snapshotter() + ":" + view};
+  EXPECT_EQ(ours_snapshots(), left) << "the view must outlive a killed daemon";
 
   auto dry = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_, "--dry-run"}, kCliTimeout);
   ASSERT_TRUE(dry.ok()) << dry.describe();
-  EXPECT_TRUE(contains(dry.out, lease)) << dry.out;
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "--dry-run removed something";
+  EXPECT_TRUE(contains(dry.out, view)) << dry.out;
+  EXPECT_EQ(ours_snapshots(), left) << "--dry-run removed something";
 
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   ASSERT_TRUE(gc.ok()) << gc.describe();
-  EXPECT_TRUE(contains(gc.out, lease)) << gc.out;
   EXPECT_TRUE(contains(gc.out, view)) << gc.out;
   EXPECT_TRUE(contains(gc.out, mnt)) << gc.out;
   expect_released(mnt, daemon);
@@ -1107,41 +1117,67 @@ TEST_F(ContainerdGc, KillNineThenGcRemovesTheOrphan) {
 }
 
 // The same, with the local record lost too (no state file, the dead FUSE
-// mount gone): gc finds the orphan by its lease labels alone.
-TEST_F(ContainerdGc, KillNineWithoutStateFileGcFindsTheLeaseByItsLabels) {
+// mount gone, as after a reboot): gc finds the orphan by its labels alone,
+// asking containerd which snapshotters it has.
+TEST_F(ContainerdGc, KillNineWithoutStateFileGcFindsTheViewByItsLabels) {
   const std::string mnt = mountpoint();
   auto r = mount({"--container", kContainer}, mnt);
   ASSERT_TRUE(r.ok()) << r.describe();
   const auto st = status_json(mnt);
-  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const std::string view = st["containerd"]["view"];
   const pid_t daemon = kill_daemon(mnt);
   for (const auto& f : cli_.state_files()) fs::remove(f);
   ASSERT_EQ(::umount2(mnt.c_str(), MNT_DETACH), 0) << std::strerror(errno);
 
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   ASSERT_TRUE(gc.ok()) << gc.describe();
-  EXPECT_TRUE(contains(gc.out, "removed lease " + lease)) << gc.out;
-  EXPECT_TRUE(contains(gc.out, view)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, "removed view " + view + " (" + snapshotter() + ")")) << gc.out;
   EXPECT_TRUE(contains(gc.out, std::to_string(daemon))) << gc.out;
   expect_released(mnt, daemon);
 }
 
+// What an earlier version left: a lease per view, the lease labelled with
+// its dead owner, the view key and the snapshotter. gc still removes both.
+TEST_F(ContainerdGc, ALeaseOfAnEarlierVersionGoesWithItsView) {
+  snap::ClientOptions options;
+  options.address = ctrd_->socket();
+  options.ns = ns_;
+  auto client = snap::Client::connect(options);
+  ASSERT_TRUE(client) << client.error().to_string();
+  auto owner = snap::current_owner();
+  ASSERT_TRUE(owner) << owner.error().to_string();
+  owner->start_time += 1;  // this pid, started at another time: a dead owner
+  const std::string lease = std::string(kPrefix) + "earlier-lease";
+  const std::string view = std::string(kPrefix) + "earlier-view";
+  ASSERT_TRUE((*client)->create_lease(
+      lease, {{std::string(snap::kOwnerLabel), snap::owner_label_value(*owner)},
+              {std::string(snap::kViewLabel), view},
+              {std::string(snap::kSnapshotterLabel), snapshotter()}}));
+  ASSERT_TRUE((*client)->view(snapshotter(), view, image_->chain_id, {}, lease));
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease});
+
+  auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
+  ASSERT_TRUE(gc.ok()) << gc.describe();
+  EXPECT_TRUE(contains(gc.out, "removed lease " + lease + " and view " + view)) << gc.out;
+  EXPECT_EQ(ours_leases(), std::vector<std::string>{});
+  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{});
+}
+
 // A second mount of the same container elsewhere runs gc for its namespace
-// first: the killed daemon's lease and view are gone once it returns.
+// first: the killed daemon's view is gone once it returns.
 TEST_F(ContainerdGc, SecondMountCleansUpAfterTheKilledOne) {
   const std::string mnt1 = mountpoint("mnt1"), mnt2 = mountpoint("mnt2");
   auto r = mount({"--container", kContainer}, mnt1);
   ASSERT_TRUE(r.ok()) << r.describe();
   const auto st1 = status_json(mnt1);
-  const std::string view1 = st1["containerd"]["view"], lease1 = st1["containerd"]["lease"];
+  const std::string view1 = st1["containerd"]["view"];
   const pid_t daemon1 = kill_daemon(mnt1);
 
   auto r2 = mount({"--container", kContainer}, mnt2);
   ASSERT_TRUE(r2.ok()) << r2.describe() << "\n" << read_file(cli_.state_dir() / "daemon.log");
   const auto st2 = status_json(mnt2);
-  const std::string view2 = st2["containerd"]["view"], lease2 = st2["containerd"]["lease"];
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease2})
-      << "the killed mount's lease was not collected";
+  const std::string view2 = st2["containerd"]["view"];
+  EXPECT_NE(view2, view1);
   EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view2})
       << "the killed mount's view was not collected";
   expect_serves_top_view(mnt2);
@@ -1164,14 +1200,15 @@ TEST_F(ContainerdGc, RemountOnTheKilledDaemonsMountpoint) {
   const std::string mnt = mountpoint();
   auto r = mount({"--container", kContainer}, mnt);
   ASSERT_TRUE(r.ok()) << r.describe();
-  const std::string lease1 = status_json(mnt)["containerd"]["lease"];
+  const std::string view1 = status_json(mnt)["containerd"]["view"];
   const pid_t daemon1 = kill_daemon(mnt);
 
   auto r2 = mount({"--container", kContainer}, mnt);
   ASSERT_TRUE(r2.ok()) << r2.describe();
   const auto st2 = status_json(mnt);
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{st2["containerd"]["lease"].get<std::string>()});
-  EXPECT_NE(st2["containerd"]["lease"], lease1);
+  const std::string view2 = st2["containerd"]["view"];
+  EXPECT_NE(view2, view1);
+  EXPECT_EQ(ours_snapshots(), std::vector<std::string>{snapshotter() + ":" + view2});
   expect_serves_top_view(mnt);
   EXPECT_FALSE(pid_alive(daemon1));
   const pid_t daemon2 = st2["daemon"]["pid"].get<pid_t>();
@@ -1185,13 +1222,13 @@ TEST_F(ContainerdGc, LiveMountIsNotCollected) {
   const std::string mnt = mountpoint();
   auto r = mount({"--container", kContainer}, mnt);
   ASSERT_TRUE(r.ok()) << r.describe();
-  const auto before = ours_leases();
+  const auto before = ours_snapshots();
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   ASSERT_TRUE(gc.ok()) << gc.describe();
   EXPECT_TRUE(contains(gc.out, "nothing to collect")) << gc.out;
   auto all = cli_({"gc", "--address", ctrd_->socket(), "--all-namespaces"}, kCliTimeout);
   ASSERT_TRUE(all.ok()) << all.describe();
-  EXPECT_EQ(ours_leases(), before);
+  EXPECT_EQ(ours_snapshots(), before);
   expect_serves_top_view(mnt);
   const pid_t daemon = cli_.daemon_pid(mnt);
   auto u = cli_({"umount", mnt}, kCliTimeout);
@@ -1204,7 +1241,7 @@ TEST_F(ContainerdGc, LiveMountIsNotCollected) {
 using ContainerdRelease = ContainerdTest;
 
 // containerd unreachable at release (paused with SIGSTOP): the daemon
-// retries for its bounded budget, umount says so with exit 4, the lease
+// retries for its bounded budget, umount says so with exit 4, the view
 // stays labelled; once containerd is back, gc finishes the release.
 TEST_F(ContainerdRelease, UnreachableAtReleaseLeavesItForGc) {
   const std::string mnt = mountpoint();
@@ -1215,7 +1252,7 @@ TEST_F(ContainerdRelease, UnreachableAtReleaseLeavesItForGc) {
   }
   ASSERT_TRUE(r.ok()) << r.describe();
   const auto st = status_json(mnt);
-  const std::string view = st["containerd"]["view"], lease = st["containerd"]["lease"];
+  const std::string view = st["containerd"]["view"];
   const pid_t daemon = st["daemon"]["pid"].get<pid_t>();
 
   RunResult u;
@@ -1236,13 +1273,20 @@ TEST_F(ContainerdRelease, UnreachableAtReleaseLeavesItForGc) {
   EXPECT_EQ(cli_.daemon_mounts(), 0);
   EXPECT_EQ(mount_points_beneath(mnt), std::vector<std::string>{})
       << "the FUSE mount is still there";
-  EXPECT_EQ(ours_leases(), std::vector<std::string>{lease}) << "the lease must stay for gc";
+  // The record names the view for gc. (containerd, running again, may
+  // have carried out the Remove that reached it while paused: the view is
+  // then gone already, and gc finds nothing more of it.)
   auto status = cli_.status(mnt);
   EXPECT_EQ(status["phase"], "release-failed") << status.dump(2);
+  EXPECT_EQ(status["containerd"]["view"], view) << status.dump(2);
+  const auto left = ours_snapshots();
+  EXPECT_TRUE(left.empty() || left == std::vector<std::string>{snapshotter() + ":" + view})
+      << "a view other than the record's";
 
   auto gc = cli_({"gc", "--address", ctrd_->socket(), "-n", ns_}, kCliTimeout);
   ASSERT_TRUE(gc.ok()) << gc.describe();
-  EXPECT_TRUE(contains(gc.out, lease)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, mnt)) << gc.out;
+  EXPECT_TRUE(contains(gc.out, view)) << gc.out;
   expect_released(mnt, daemon);
 }
 

@@ -418,6 +418,33 @@ TEST_F(ContainerdClient, RemoveView) {
   ASSERT_TRUE(client_->delete_lease(lease_id, true));
 }
 
+// What the daemon relies on instead of a lease per view: containerd's
+// garbage collector keeps a view labelled containerd.io/gc.root (and its
+// parent) and removes one held by nothing; and Introspection names the
+// snapshotters, where gc looks for views of dead daemons.
+TEST_F(ContainerdClient, AViewLabelledGcRootOutlivesGcWithoutALease) {
+  auto snapshotters = client_->list_snapshotters();
+  ASSERT_TRUE(snapshotters) << snapshotters.error().to_string();
+  EXPECT_NE(std::ranges::find(*snapshotters, "overlayfs"), snapshotters->end());
+  EXPECT_NE(std::ranges::find(*snapshotters, "native"), snapshotters->end());
+
+  commit_snapshot("layer-g", "", {{"f", "x"}});
+  const std::string kept = unique_key(), loose = unique_key();
+  ASSERT_TRUE(client_->view("overlayfs", kept, "layer-g",
+                            {{std::string(kGcRootLabel), "2026-01-01T00:00:00Z"}}, ""));
+  ASSERT_TRUE(client_->view("overlayfs", loose, "layer-g", {}, ""));
+  // A lease deleted with sync runs containerd's garbage collector.
+  const std::string lease_id = unique_key();
+  ASSERT_TRUE(client_->create_lease(lease_id, {}));
+  ASSERT_TRUE(client_->delete_lease(lease_id, true));
+  EXPECT_TRUE(client_->stat("overlayfs", kept)) << "a gc.root view was collected";
+  EXPECT_TRUE(client_->stat("overlayfs", "layer-g")) << "its parent was collected";
+  auto gone = client_->stat("overlayfs", loose);
+  ASSERT_FALSE(gone) << "a view held by nothing outlived gc";
+  EXPECT_EQ(gone.error().kind, ErrorKind::not_found);
+  ASSERT_TRUE(client_->remove("overlayfs", kept));
+}
+
 // Connect failures need no containerd.
 TEST(ClientConnect, MissingSocketFailsAtOnceNamingIt) {
   TempDir dir;

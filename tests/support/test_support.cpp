@@ -22,6 +22,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <ranges>
 #include <sstream>
@@ -1001,6 +1002,20 @@ std::vector<std::string> PrivateContainerd::lease_ids(std::string_view ns,
   std::istringstream lines(r.out);
   for (std::string line; std::getline(lines, line);)
     if (!line.empty() && line.starts_with(prefix)) out.push_back(line);
+  return out;
+}
+
+std::map<std::string, std::string> PrivateContainerd::snapshot_labels(std::string_view ns,
+                                                                      std::string_view snapshotter,
+                                                                      std::string_view key) const {
+  RunResult r = ctr_ns(
+      ns, {"snapshots", "--snapshotter", std::string(snapshotter), "info", std::string(key)});
+  if (!r.ok()) return {};
+  const auto info = nlohmann::json::parse(r.out, nullptr, false);
+  std::map<std::string, std::string> out;
+  if (info.is_object() && info.contains("Labels") && info["Labels"].is_object())
+    for (const auto& [k, v] : info["Labels"].items())
+      if (v.is_string()) out[k] = v.get<std::string>();
   return out;
 }
 

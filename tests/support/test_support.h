@@ -184,6 +184,12 @@ class PrivateContainerd {
   // Lease ids in namespace `ns` that start with `prefix` (all for "").
   std::vector<std::string> lease_ids(std::string_view ns, std::string_view prefix = {}) const;
 
+  // The labels of snapshot `key` on `snapshotter` in namespace `ns`
+  // (`ctr snapshots info`); empty when it does not exist.
+  std::map<std::string, std::string> snapshot_labels(std::string_view ns,
+                                                     std::string_view snapshotter,
+                                                     std::string_view key) const;
+
   // Stops containerd (scripts/containerd-env.sh stop DIR; kills the recorded
   // PID if the script could not). Idempotent. Returns false (reason on
   // stderr) if something was left behind.

@@ -161,6 +161,10 @@ class Client {
 
   // Namespaces.List (needs no namespace).
   [[nodiscard]] Result<std::vector<std::string>> list_namespaces();
+  // Introspection.Plugins: the snapshotters containerd registered (one whose
+  // initialisation failed, such as devmapper unconfigured, is listed too,
+  // and refuses calls).
+  [[nodiscard]] Result<std::vector<std::string>> list_snapshotters();
 
  private:
   friend class EventWatch;

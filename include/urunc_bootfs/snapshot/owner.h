@@ -1,13 +1,15 @@
-// Who owns a lease and a view, and whether that owner still lives.
+// Who owns a view, and whether that owner still lives.
 //
-// Every lease urunc-bootfs creates carries labels under kLabelPrefix. The
-// owner label names the process that holds the view mounted: boot id, pid and
-// the process start time (field 22 of /proc/PID/stat). Boot id and start time
-// make the identity safe against pid reuse and reboots: a lease whose owner
-// is not alive is garbage, and `gc` (and every later `mount`) removes its
-// view and the lease itself. The lease also records the view key and the
-// snapshotter, because containerd's lease does not tell which snapshotter a
-// "snapshots/<name>" resource lives on in a form gc can act on directly.
+// Every view urunc-bootfs creates carries labels under kLabelPrefix, set in
+// the View call itself. The owner label names the process that holds the
+// view mounted: boot id, pid and the process start time (field 22 of
+// /proc/PID/stat). Boot id and start time make the identity safe against pid
+// reuse and reboots: a view whose owner is not alive is garbage, and `gc`
+// (and the next daemon) removes it. containerd keeps the view because it
+// also carries containerd.io/gc.root, not because a lease holds it: a view
+// made in one write transaction instead of two (Leases.Create, then View).
+// Leases labelled by earlier versions (lease, view key and snapshotter in
+// their labels) are still collected the same way.
 //
 // Liveness errs on the side of "alive": when it cannot tell (no /proc, no
 // permission), owner_alive() says true, so gc never frees a live mount.
@@ -30,7 +32,10 @@ inline constexpr std::string_view kContainerLabel = "io.urunc.bootfs/container";
 inline constexpr std::string_view kMountpointLabel = "io.urunc.bootfs/mountpoint";
 inline constexpr std::string_view kViewLabel = "io.urunc.bootfs/view";
 inline constexpr std::string_view kSnapshotterLabel = "io.urunc.bootfs/snapshotter";
-// Lease ids and view keys start with this.
+// containerd's garbage collector keeps a resource with this label, and what
+// it references (a view's parents).
+inline constexpr std::string_view kGcRootLabel = "containerd.io/gc.root";
+// View keys (and lease ids of earlier versions) start with this.
 inline constexpr std::string_view kKeyPrefix = "urunc-bootfs/";
 
 // The owner is a process identity (process.h): boot id, pid, start time.
