@@ -2011,12 +2011,19 @@ std::vector<Goal> goals(const json& d) {
     const std::string tag = std::string(snapshotter);
     if (s == nullptr) {
       not_run("time to ready, image with a view (" + tag + ")", "<= 2 ms", why);
-      not_run("time to ready, new image (" + tag + ")", "<= 5 ms", why);
+      not_run("time to ready, new image (" + tag + ")", tag == "overlayfs" ? "<= 5 ms" : "-", why);
       continue;
     }
     const std::string on = tag + ", containerd " + (*s)["containerd"].get<std::string>();
     const double shared = (*s)["shared"]["median_ms"].get<double>();
     const double fresh = (*s)["new_small"]["median_ms"].get<double>();
+    // A new image's goal (<= 5 ms) is set for overlayfs; blockfile's figure
+    // is given beside it, without a target (its View copies the image file).
+    auto new_image_row = [&](std::string goal, const json& a) {
+      const bool targeted = tag == "overlayfs";
+      g.push_back({std::move(goal), ms_p90(a), targeted ? "<= 5 ms" : "-",
+                   targeted ? verdict(a["median_ms"].get<double>() <= 5) : "-"});
+    };
     // Which mounts found their whole mount made ahead.
     auto ahead_of = [&](const json& row) {
       return std::to_string(row["daemon"].value("mount_made_ahead_runs", 0)) + "/" +
@@ -2040,24 +2047,23 @@ std::vector<Goal> goals(const json& d) {
     if (s->contains("shared_unwatched"))
       g.push_back({"the same, a runc container: not watched, located when mounted (" + tag + ")",
                    ms_p90((*s)["shared_unwatched"]), "-", "-"});
-    g.push_back({"time to ready, new image, view made at mount (" + on + ")",
-                 ms_p90((*s)["new_small"]), "<= 5 ms", verdict(fresh <= 5)});
+    new_image_row("time to ready, new image, view made at mount (" + on + ")", (*s)["new_small"]);
     if (s->contains("new_ahead")) {
       const json& a = (*s)["new_ahead"];
-      g.push_back({"time to ready, new image, a urunc container: view made ahead (" + tag + ", " +
-                       std::to_string(a["daemon"].value("view_shared_runs", 0)) + "/" +
-                       std::to_string(s->value("runs", 0)) + " found it)",
-                   ms_p90(a), "<= 5 ms", verdict(a["median_ms"].get<double>() <= 5)});
+      new_image_row("time to ready, new image, a urunc container: view made ahead (" + tag + ", " +
+                        std::to_string(a["daemon"].value("view_shared_runs", 0)) + "/" +
+                        std::to_string(s->value("runs", 0)) + " found it)",
+                    a);
     }
     if (s->contains("new_create")) {
       const json& a = (*s)["new_create"];
-      g.push_back(
-          {"time to ready, new image, a urunc container by `ctr run`, mounted at its "
-           "runtime's create (" +
-               tag + ", " + ahead_of(a) + "; create came " +
-               fmt(a["runtime_create_after"]["median_ms"].get<double>(), 1) +
-               " ms after ctr run started)",
-           ms_p90(a), "<= 5 ms", verdict(a["median_ms"].get<double>() <= 5)});
+      new_image_row(
+          "time to ready, new image, a urunc container by `ctr run`, mounted at its runtime's "
+          "create (" +
+              tag + ", " + ahead_of(a) + "; create came " +
+              fmt(a["runtime_create_after"]["median_ms"].get<double>(), 1) +
+              " ms after ctr run started)",
+          a);
     }
     const double floor = (*s)["floor"]["median_ms"].get<double>();
     g.push_back(
