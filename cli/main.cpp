@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "commands.h"
@@ -79,6 +81,107 @@ std::string_view verb_of(int argc, char** argv) {
   }
   return {};
 }
+
+// The call a runtime makes at its create: `mount --bundle B`, perhaps with
+// `--address A` (each also as `-b B`, `--bundle=B`, `--address=A`), and
+// nothing else. That command line is read without CLI11, whose setup of
+// the verb's options is half of this executable's start; the request is
+// what CLI11 would have given for it (mount_verb below takes both). Any
+// other command line (another option, a mountpoint, a value that looks
+// like an option, an option twice): nullopt, and CLI11 reads it.
+struct RuntimeCall {
+  std::string bundle;
+  std::optional<std::string> address;
+};
+
+std::optional<RuntimeCall> runtime_call(int argc, char** argv) {
+  if (argc < 3 || std::string_view(argv[1]) != "mount") return std::nullopt;
+  std::optional<std::string> bundle;
+  std::optional<std::string> address;
+  // `name VALUE` or `name=VALUE` at argv[i] into `into` (once, a value that
+  // is not empty and does not start with '-'); false when argv[i] is not it.
+  auto take = [&](int& i, std::initializer_list<std::string_view> names,
+                  std::optional<std::string>& into) {
+    const std::string_view arg = argv[i];
+    for (const std::string_view name : names) {
+      std::string_view value;
+      if (arg == name && i + 1 < argc) {
+        value = argv[++i];
+      } else if (name.starts_with("--") && arg.size() > name.size() + 1 && arg.starts_with(name) &&
+                 arg[name.size()] == '=') {
+        value = arg.substr(name.size() + 1);
+      } else {
+        continue;
+      }
+      if (into || value.empty() || value.starts_with("-")) return false;
+      into = std::string(value);
+      return true;
+    }
+    return false;
+  };
+  for (int i = 2; i < argc; ++i) {
+    const int at = i;
+    if (take(i, {"--bundle", "-b"}, bundle)) continue;
+    i = at;
+    if (take(i, {"--address"}, address)) continue;
+    return std::nullopt;
+  }
+  if (!bundle) return std::nullopt;
+  return RuntimeCall{std::move(*bundle), std::move(address)};
+}
+#endif
+
+// `mount` once its command line is read and the config file's defaults
+// are applied: what the flags leave open is settled, then the mount made.
+int mount_verb(cli::MountRequest mount, cli::ContainerdRequest cd, const cli::Config& config) {
+  if (mount.debug) mount.foreground = true;
+  const bool containerd = !cd.container.empty() || !cd.snapshot.empty() || !cd.parent.empty();
+  if (!mount.source_dir.empty() && containerd)
+    return cli::report(
+        ub::make_error(ub::ErrorKind::usage,
+                       "--source-dir cannot be combined with --container/--snapshot/--parent"));
+  if (mount.source_dir.empty()) {
+    if (!containerd && mount.bundle.empty())
+      return cli::report(
+          ub::make_error(ub::ErrorKind::usage,
+                         "give --source-dir, --container, --snapshot, --parent or --bundle"));
+    if (cd.address.empty()) cd.address = kDefaultAddress;
+    // Under containerd the bundle is .../<namespace>/<container id>.
+    if (!mount.bundle.empty()) {
+      const auto bundle = std::filesystem::absolute(mount.bundle).lexically_normal();
+      const auto path = bundle.has_filename() ? bundle : bundle.parent_path();
+      if (!containerd) cd.container = path.filename().string();
+      if (cd.ns.empty()) cd.ns = path.parent_path().filename().string();
+    }
+    if (cd.ns.empty()) cd.ns = config.ns.empty() ? "default" : config.ns;
+    mount.containerd = cd;
+  }
+  return cli::run_mount(std::move(mount));
+}
+
+#ifdef URUNC_BOOTFS_THIN
+// runtime_call's mount: every option it does not name at its default, so
+// from the config file (and the environment's CONTAINERD_NAMESPACE, as
+// CLI11's --namespace would take it, before the bundle path).
+int mount_runtime_call(RuntimeCall call) {
+  auto loaded = cli::load_config();
+  if (!loaded) return cli::report(loaded.error());
+  const cli::Config config = cli::with_environment(std::move(*loaded));
+  cli::MountRequest mount;
+  mount.bundle = std::move(call.bundle);
+  mount.threads = config.threads;
+  mount.passthrough = config.passthrough;
+  cli::ContainerdRequest cd;
+  cd.address = call.address ? *call.address : config.address;
+  cd.timeout_ms = config.timeout_ms;
+  if (const char* ns = std::getenv("CONTAINERD_NAMESPACE"); ns != nullptr) cd.ns = ns;
+  try {
+    return mount_verb(std::move(mount), std::move(cd), config);
+  } catch (const std::exception& e) {
+    // As the CLI11 path reports it (a path that std::filesystem refuses).
+    return cli::report(ub::make_error(ub::ErrorKind::internal, e.what()));
+  }
+}
 #endif
 
 }  // namespace
@@ -115,6 +218,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (verb != "mount" && verb != "umount" && verb != "hook") return cli::exec_full(argv);
+  if (auto call = runtime_call(argc, argv)) return mount_runtime_call(std::move(*call));
   const auto wanted = [verb](std::string_view name) { return name == verb; };
 #else
   const auto wanted = [](std::string_view /*name*/) { return true; };
@@ -359,29 +463,7 @@ int run(int argc, char** argv) {
       apply_config(mount_cmd, cd, config);
       if (unset(mount_cmd, "--threads")) mount.threads = config.threads;
       if (unset(mount_cmd, "--passthrough")) mount.passthrough = config.passthrough;
-      if (mount.debug) mount.foreground = true;
-      const bool containerd = !cd.container.empty() || !cd.snapshot.empty() || !cd.parent.empty();
-      if (!mount.source_dir.empty() && containerd)
-        return cli::report(
-            ub::make_error(ub::ErrorKind::usage,
-                           "--source-dir cannot be combined with --container/--snapshot/--parent"));
-      if (mount.source_dir.empty()) {
-        if (!containerd && mount.bundle.empty())
-          return cli::report(
-              ub::make_error(ub::ErrorKind::usage,
-                             "give --source-dir, --container, --snapshot, --parent or --bundle"));
-        if (cd.address.empty()) cd.address = kDefaultAddress;
-        // Under containerd the bundle is .../<namespace>/<container id>.
-        if (!mount.bundle.empty()) {
-          const auto bundle = std::filesystem::absolute(mount.bundle).lexically_normal();
-          const auto path = bundle.has_filename() ? bundle : bundle.parent_path();
-          if (!containerd) cd.container = path.filename().string();
-          if (cd.ns.empty()) cd.ns = path.parent_path().filename().string();
-        }
-        if (cd.ns.empty()) cd.ns = config.ns.empty() ? "default" : config.ns;
-        mount.containerd = cd;
-      }
-      return cli::run_mount(std::move(mount));
+      return mount_verb(std::move(mount), std::move(cd), config);
     }
     if (parsed(umount_cmd)) return cli::run_umount(umount);
 #ifndef URUNC_BOOTFS_THIN

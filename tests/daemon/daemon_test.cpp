@@ -677,6 +677,62 @@ TEST_F(DaemonTest, AUruncContainersViewAndMountAreMadeAheadAndOnlyAttachedWhenAs
 // binary (and validate) are used whole: the initrd then comes only from
 // them, so a bundle naming /.boot/initrd as its binary gets that file as
 // its kernel, no initrd, and /urunc.json; /.boot/kernel is not served. The
+// The runtime's call, `mount --bundle B` with at most --address, is read by
+// the thin client without CLI11: each way of writing it gets the mount that
+// the same request gets through CLI11 (a --timeout forces that path), the
+// namespace and container from the bundle path, the mountpoint B/boot; and
+// the environment's CONTAINERD_NAMESPACE wins over the bundle path on both.
+TEST_F(DaemonTest, TheRuntimesBundleCallIsReadAsTheFullCommandLineReadsIt) {
+  const auto ids = containers(2, 1);
+  const auto bundle = tmp_ / "io.containerd.runtime.v2.task" / ns_ / ids[0];
+  fs::create_directories(bundle);
+  write_file(bundle / "config.json", R"({"ociVersion":"1.0.2","annotations":{}})");
+  const std::string mnt = (bundle / "boot").string();
+  mountpoints_.push_back(mnt);
+  const std::string socket = ctrd_->socket();
+  const std::string b = bundle.string();
+  auto mounted_as = [&](const std::vector<std::string>& args) {
+    auto r = cli_(args, kCliTimeout);
+    EXPECT_TRUE(r.ok()) << r.describe();
+    if (!r.ok()) return nlohmann::json();
+    auto st = cli_.status(mnt);
+    EXPECT_EQ(read_file(mnt + "/.boot/kernel"), shared().images[2].kernel);
+    EXPECT_TRUE(cli_({"umount", mnt}).ok());
+    return nlohmann::json{{"containerd", st["containerd"]["namespace"]},
+                          {"container", st["containerd"]["container"]},
+                          {"address", st["containerd"]["address"]},
+                          {"mountpoint", st["mountpoint"]},
+                          {"artifacts", st["artifacts"]}};
+  };
+  const auto full = mounted_as({"mount", "--timeout", "10000", "--address", socket, "--bundle", b});
+  ASSERT_FALSE(full.is_null());
+  EXPECT_EQ(full["containerd"], ns_);
+  EXPECT_EQ(full["container"], ids[0]);
+  EXPECT_EQ(full["mountpoint"], mnt);
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"mount", "--address", socket, "--bundle", b},
+           {"mount", "--bundle", b, "--address", socket},
+           {"mount", "-b", b, "--address=" + socket},
+           {"mount", "--bundle=" + b, "--address", socket}})
+    EXPECT_EQ(mounted_as(args), full) << args[1] << " " << args[2];
+
+  // The address from the environment when no flag names it; the namespace
+  // from the environment over the bundle path, on both paths: a namespace
+  // that has no such container fails the same way (3) on both.
+  ::setenv("CONTAINERD_ADDRESS", socket.c_str(), 1);
+  EXPECT_EQ(mounted_as({"mount", "--bundle", b}), full);
+  ::setenv("CONTAINERD_NAMESPACE", "elsewhere", 1);
+  auto fast = cli_({"mount", "--bundle", b}, kCliTimeout);
+  auto slow = cli_({"mount", "--timeout", "10000", "--bundle", b}, kCliTimeout);
+  ::unsetenv("CONTAINERD_NAMESPACE");
+  ::unsetenv("CONTAINERD_ADDRESS");
+  EXPECT_EQ(fast.exit_code, 3) << fast.describe();
+  EXPECT_EQ(fast.exit_code, slow.exit_code) << slow.describe();
+  EXPECT_TRUE(fast.err.find("elsewhere") != std::string::npos) << fast.err;
+  EXPECT_EQ(fast.err, slow.err);
+  EXPECT_TRUE(mount_points_beneath(mnt).empty());
+}
+
 // prepared mount is not that, so it is dropped and the mount is made as
 // usual, still on the view made ahead.
 TEST_F(DaemonTest, ABundleThatNamesOtherFilesGetsThemNotTheMountMadeAhead) {
