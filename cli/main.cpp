@@ -82,32 +82,33 @@ std::string_view verb_of(int argc, char** argv) {
   return {};
 }
 
-// The call a runtime makes at its create: `mount --bundle B`, perhaps with
-// `--address A` (each also as `-b B`, `--bundle=B`, `--address=A`), and
-// nothing else. That command line is read without CLI11, whose setup of
-// the verb's options is half of this executable's start; the request is
-// what CLI11 would have given for it (mount_verb below takes both). Any
-// other command line (another option, a mountpoint, a value that looks
-// like an option, an option twice): nullopt, and CLI11 reads it.
+// The calls a runtime makes: `mount` with --bundle B and/or --container ID,
+// perhaps --address A, --namespace NS and a mountpoint (each option also as
+// `--name=VALUE`, and -b, -c, -n), and nothing else. Such a command line
+// is read without CLI11, whose setup of the verb's options is half of this
+// executable's start; the request is what CLI11 would have given for it
+// (mount_verb below takes both). Any other command line (another option, a
+// value that looks like an option, an option or a mountpoint twice):
+// nullopt, and CLI11 reads it.
 struct RuntimeCall {
-  std::string bundle;
-  std::optional<std::string> address;
+  std::optional<std::string> bundle, container, address, ns, mountpoint;
 };
 
 std::optional<RuntimeCall> runtime_call(int argc, char** argv) {
   if (argc < 3 || std::string_view(argv[1]) != "mount") return std::nullopt;
-  std::optional<std::string> bundle;
-  std::optional<std::string> address;
-  // `name VALUE` or `name=VALUE` at argv[i] into `into` (once, a value that
-  // is not empty and does not start with '-'); false when argv[i] is not it.
+  RuntimeCall call;
+  // `name VALUE` or `--name=VALUE` at argv[i] into `into` (once, a value
+  // that is not empty and does not start with '-'); nullopt when argv[i] is
+  // not that option, false when it is, but not so.
   auto take = [&](int& i, std::initializer_list<std::string_view> names,
-                  std::optional<std::string>& into) {
+                  std::optional<std::string>& into) -> std::optional<bool> {
     const std::string_view arg = argv[i];
     for (const std::string_view name : names) {
       std::string_view value;
-      if (arg == name && i + 1 < argc) {
+      if (arg == name) {
+        if (i + 1 >= argc) return false;
         value = argv[++i];
-      } else if (name.starts_with("--") && arg.size() > name.size() + 1 && arg.starts_with(name) &&
+      } else if (name.starts_with("--") && arg.starts_with(name) && arg.size() > name.size() &&
                  arg[name.size()] == '=') {
         value = arg.substr(name.size() + 1);
       } else {
@@ -117,17 +118,28 @@ std::optional<RuntimeCall> runtime_call(int argc, char** argv) {
       into = std::string(value);
       return true;
     }
-    return false;
+    return std::nullopt;
   };
   for (int i = 2; i < argc; ++i) {
-    const int at = i;
-    if (take(i, {"--bundle", "-b"}, bundle)) continue;
-    i = at;
-    if (take(i, {"--address"}, address)) continue;
-    return std::nullopt;
+    std::optional<bool> taken;
+    for (auto [names, into] :
+         {std::pair{std::initializer_list<std::string_view>{"--bundle", "-b"}, &call.bundle},
+          std::pair{std::initializer_list<std::string_view>{"--container", "-c"}, &call.container},
+          std::pair{std::initializer_list<std::string_view>{"--address"}, &call.address},
+          std::pair{std::initializer_list<std::string_view>{"--namespace", "-n"}, &call.ns}}) {
+      taken = take(i, names, *into);
+      if (taken) break;
+    }
+    if (taken) {
+      if (!*taken) return std::nullopt;
+      continue;
+    }
+    const std::string_view arg = argv[i];
+    if (arg.empty() || arg.starts_with("-") || call.mountpoint) return std::nullopt;
+    call.mountpoint = std::string(arg);
   }
-  if (!bundle) return std::nullopt;
-  return RuntimeCall{std::move(*bundle), std::move(address)};
+  if (!call.bundle && !call.container) return std::nullopt;
+  return call;
 }
 #endif
 
@@ -161,20 +173,26 @@ int mount_verb(cli::MountRequest mount, cli::ContainerdRequest cd, const cli::Co
 
 #ifdef URUNC_BOOTFS_THIN
 // runtime_call's mount: every option it does not name at its default, so
-// from the config file (and the environment's CONTAINERD_NAMESPACE, as
-// CLI11's --namespace would take it, before the bundle path).
+// from the config file (the environment's CONTAINERD_NAMESPACE, as CLI11's
+// --namespace takes it when the flag is not given, before the bundle path).
 int mount_runtime_call(RuntimeCall call) {
   auto loaded = cli::load_config();
   if (!loaded) return cli::report(loaded.error());
   const cli::Config config = cli::with_environment(std::move(*loaded));
   cli::MountRequest mount;
-  mount.bundle = std::move(call.bundle);
+  mount.bundle = call.bundle.value_or("");
+  mount.mountpoint = call.mountpoint.value_or("");
   mount.threads = config.threads;
   mount.passthrough = config.passthrough;
   cli::ContainerdRequest cd;
-  cd.address = call.address ? *call.address : config.address;
+  cd.container = call.container.value_or("");
+  cd.address = call.address.value_or(config.address);
   cd.timeout_ms = config.timeout_ms;
-  if (const char* ns = std::getenv("CONTAINERD_NAMESPACE"); ns != nullptr) cd.ns = ns;
+  if (call.ns) {
+    cd.ns = *call.ns;
+  } else if (const char* ns = std::getenv("CONTAINERD_NAMESPACE"); ns != nullptr) {
+    cd.ns = ns;
+  }
   try {
     return mount_verb(std::move(mount), std::move(cd), config);
   } catch (const std::exception& e) {

@@ -677,11 +677,12 @@ TEST_F(DaemonTest, AUruncContainersViewAndMountAreMadeAheadAndOnlyAttachedWhenAs
 // binary (and validate) are used whole: the initrd then comes only from
 // them, so a bundle naming /.boot/initrd as its binary gets that file as
 // its kernel, no initrd, and /urunc.json; /.boot/kernel is not served. The
-// The runtime's call, `mount --bundle B` with at most --address, is read by
-// the thin client without CLI11: each way of writing it gets the mount that
-// the same request gets through CLI11 (a --timeout forces that path), the
-// namespace and container from the bundle path, the mountpoint B/boot; and
-// the environment's CONTAINERD_NAMESPACE wins over the bundle path on both.
+// A runtime's call, `mount` with --bundle and/or --container, --address,
+// --namespace and a mountpoint, is read by the thin client without CLI11:
+// each way of writing it gets the mount that the same request gets through
+// CLI11 (a --timeout forces that path), the namespace and container from
+// the bundle path, the mountpoint B/boot; and the environment's
+// CONTAINERD_NAMESPACE wins over the bundle path on both.
 TEST_F(DaemonTest, TheRuntimesBundleCallIsReadAsTheFullCommandLineReadsIt) {
   const auto ids = containers(2, 1);
   const auto bundle = tmp_ / "io.containerd.runtime.v2.task" / ns_ / ids[0];
@@ -713,8 +714,18 @@ TEST_F(DaemonTest, TheRuntimesBundleCallIsReadAsTheFullCommandLineReadsIt) {
            {"mount", "--address", socket, "--bundle", b},
            {"mount", "--bundle", b, "--address", socket},
            {"mount", "-b", b, "--address=" + socket},
-           {"mount", "--bundle=" + b, "--address", socket}})
+           {"mount", "--bundle=" + b, "--address", socket},
+           {"mount", "--address", socket, "-n", ns_, "--container", ids[0], "--bundle", b, mnt},
+           {"mount", "--namespace=" + ns_, "-c", ids[0], "--address", socket, "-b", b}})
     EXPECT_EQ(mounted_as(args), full) << args[1] << " " << args[2];
+  // A mount by container and mountpoint only (no bundle), both ways.
+  const auto by_container = [&](bool full_parser) {
+    std::vector<std::string> args = {"mount", "--address", socket, "-n", ns_, "--container",
+                                     ids[0], mnt};
+    if (full_parser) args.insert(args.begin() + 1, {"--timeout", "10000"});
+    return mounted_as(args);
+  };
+  EXPECT_EQ(by_container(false), by_container(true));
 
   // The address from the environment when no flag names it; the namespace
   // from the environment over the bundle path, on both paths: a namespace
