@@ -11,6 +11,7 @@
 #endif
 
 #include <CLI/CLI.hpp>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -94,49 +95,47 @@ struct RuntimeCall {
   std::optional<std::string> bundle, container, address, ns, mountpoint;
 };
 
+// The options runtime_call reads, and where each goes.
+struct CallFlag {
+  std::string_view name;   // --name VALUE, --name=VALUE
+  std::string_view brief;  // -x VALUE ("" when none)
+  std::optional<std::string> RuntimeCall::*into;
+};
+constexpr std::array<CallFlag, 4> kCallFlags{{{"--bundle", "-b", &RuntimeCall::bundle},
+                                              {"--container", "-c", &RuntimeCall::container},
+                                              {"--address", "", &RuntimeCall::address},
+                                              {"--namespace", "-n", &RuntimeCall::ns}}};
+
 std::optional<RuntimeCall> runtime_call(int argc, char** argv) {
   if (argc < 3 || std::string_view(argv[1]) != "mount") return std::nullopt;
   RuntimeCall call;
-  // `name VALUE` or `--name=VALUE` at argv[i] into `into` (once, a value
-  // that is not empty and does not start with '-'); nullopt when argv[i] is
-  // not that option, false when it is, but not so.
-  auto take = [&](int& i, std::initializer_list<std::string_view> names,
-                  std::optional<std::string>& into) -> std::optional<bool> {
-    const std::string_view arg = argv[i];
-    for (const std::string_view name : names) {
-      std::string_view value;
-      if (arg == name) {
-        if (i + 1 >= argc) return false;
-        value = argv[++i];
-      } else if (name.starts_with("--") && arg.starts_with(name) && arg.size() > name.size() &&
-                 arg[name.size()] == '=') {
-        value = arg.substr(name.size() + 1);
-      } else {
-        continue;
-      }
-      if (into || value.empty() || value.starts_with("-")) return false;
-      into = std::string(value);
-      return true;
-    }
-    return std::nullopt;
-  };
   for (int i = 2; i < argc; ++i) {
-    std::optional<bool> taken;
-    for (auto [names, into] :
-         {std::pair{std::initializer_list<std::string_view>{"--bundle", "-b"}, &call.bundle},
-          std::pair{std::initializer_list<std::string_view>{"--container", "-c"}, &call.container},
-          std::pair{std::initializer_list<std::string_view>{"--address"}, &call.address},
-          std::pair{std::initializer_list<std::string_view>{"--namespace", "-n"}, &call.ns}}) {
-      taken = take(i, names, *into);
-      if (taken) break;
+    const std::string_view arg = argv[i];
+    const CallFlag* flag = nullptr;
+    std::string_view value;
+    for (const CallFlag& f : kCallFlags) {
+      if (arg == f.name || (!f.brief.empty() && arg == f.brief)) {
+        if (i + 1 >= argc) return std::nullopt;
+        flag = &f;
+        value = argv[++i];
+        break;
+      }
+      if (arg.starts_with(f.name) && arg.size() > f.name.size() && arg[f.name.size()] == '=') {
+        flag = &f;
+        value = arg.substr(f.name.size() + 1);
+        break;
+      }
     }
-    if (taken) {
-      if (!*taken) return std::nullopt;
+    if (flag == nullptr) {
+      // The mountpoint, once.
+      if (arg.empty() || arg.starts_with("-") || call.mountpoint) return std::nullopt;
+      call.mountpoint = std::string(arg);
       continue;
     }
-    const std::string_view arg = argv[i];
-    if (arg.empty() || arg.starts_with("-") || call.mountpoint) return std::nullopt;
-    call.mountpoint = std::string(arg);
+    // Once each, with a value that cannot be taken for an option.
+    std::optional<std::string>& into = call.*(flag->into);
+    if (into || value.empty() || value.starts_with("-")) return std::nullopt;
+    into = std::string(value);
   }
   if (!call.bundle && !call.container) return std::nullopt;
   return call;
