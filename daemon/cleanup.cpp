@@ -5,6 +5,8 @@
 #include <sys/statfs.h>
 
 #include <set>
+#include <string>
+#include <utility>
 
 #include "urunc_bootfs/namespaces.h"
 #include "urunc_bootfs/process.h"
@@ -128,9 +130,18 @@ Status unmount_dead_fuse(const cli::MountState& state) {
   });
 }
 
+// collect_garbage in one namespace; a failure is only logged (the records
+// were cleaned, and `gc` can be run again).
+void collect_namespace(ClientPool& clients, const std::string& address, const std::string& ns) {
+  auto client = clients.get(address, ns, std::chrono::seconds(10));
+  auto collected = client ? collect_garbage(**client, false, nullptr)
+                          : Status(std::unexpected(std::move(client).error()));
+  if (!collected) spdlog::warn("gc in namespace {}: {}", ns, collected.error().to_string());
+}
+
 }  // namespace
 
-Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state) {
+Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state, bool collect) {
   UB_TRY(unmount_dead_fuse(state));
   if (state.containerd) {
     const auto& cd = *state.containerd;
@@ -144,8 +155,7 @@ Status cleanup_dead_state(ClientPool& clients, const cli::MountState& state) {
       return std::unexpected(std::move(released).error());
     }
     // A view made just before the owner died, not yet in the record.
-    if (auto collected = collect_garbage(**client, false, nullptr); !collected)
-      spdlog::warn("gc in namespace {}: {}", cd.ns, collected.error().to_string());
+    if (collect) collect_namespace(clients, cd.address, cd.ns);
   }
   cli::remove_state(state.mountpoint, state.mount_ns);
   return {};
@@ -155,14 +165,17 @@ std::vector<std::string> recover(ClientPool& clients) {
   std::vector<std::string> report;
   auto states = cli::list_states();
   if (!states) return {"cannot list state files: " + states.error().to_string()};
+  std::set<std::pair<std::string, std::string>> namespaces;  // (address, namespace)
   for (const auto& state : *states) {
     if (cli::held_by_live_daemon(state)) continue;
-    if (auto cleaned = cleanup_dead_state(clients, state); !cleaned)
+    if (auto cleaned = cleanup_dead_state(clients, state, false); !cleaned)
       report.push_back("could not clean " + state.mountpoint + ": " + cleaned.error().to_string());
     else
       report.push_back("cleaned " + state.mountpoint + " (daemon pid " +
                        std::to_string(state.daemon.pid) + " is gone)");
+    if (state.containerd) namespaces.emplace(state.containerd->address, state.containerd->ns);
   }
+  for (const auto& [address, ns] : namespaces) collect_namespace(clients, address, ns);
   return report;
 }
 

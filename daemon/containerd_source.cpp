@@ -82,8 +82,9 @@ std::string describe_mount(const snap::Mount& m) {
   return out;
 }
 
+// `lease_id`: only a record of an earlier version names one.
 Status release_keys(snap::Client& client, const std::string& snapshotter,
-                    const std::string& view_key, const std::string& lease_id) {
+                    const std::string& view_key, const std::string& lease_id = {}) {
   if (!view_key.empty()) {
     auto removed = with_backoff(
         [&]() -> Status {
@@ -260,9 +261,7 @@ Status create_view(ViewRegistry::View& view, const std::string& container,
   // so), or, when that fails, still names what is left for gc.
   auto undo = [&](Error error) -> Status {
     view.mount.reset();
-    if (auto released =
-            release_keys(client, key.snapshotter, view.record.view_key, view.record.lease_id);
-        !released) {
+    if (auto released = release_keys(client, key.snapshotter, view.record.view_key); !released) {
       // The record names what is left (a view key not yet on file, too).
       if (on_step) on_step("left", view.record);
       return std::unexpected(make_error(
@@ -422,8 +421,7 @@ Status ViewRegistry::drop(const std::shared_ptr<View>& view, bool* released) {
 Status ViewRegistry::release_view(View& view) {
   view.mount.reset();
   confirm_device_released(view.device, view.record.devmapper);
-  auto released =
-      release_keys(*view.client, view.key.snapshotter, view.record.view_key, view.record.lease_id);
+  auto released = release_keys(*view.client, view.key.snapshotter, view.record.view_key);
   if (released)
     spdlog::info("released view {} of {} ({})", view.record.view_key, view.key.parent,
                  view.key.snapshotter);
@@ -573,7 +571,6 @@ ContainerdState& start_record(const ContainerdRequest& request, MountState& stat
 void record_view(const ViewRegistry::Ref& ref, MountState& state) {
   const ViewRecord& record = ref.record();
   ContainerdState& cd = *state.containerd;
-  cd.lease_id = record.lease_id;
   cd.view_key = record.view_key;
   cd.view_mounts = record.view_mounts;
   cd.devmapper = record.devmapper;
@@ -612,7 +609,6 @@ Result<std::unique_ptr<Source>> open_containerd_source(ClientPool& clients, View
   auto ref = views.acquire(
       std::move(*client), key, request.container,
       [&](std::string_view step, const ViewRecord& record) {
-        cd.lease_id = record.lease_id;
         cd.view_key = record.view_key;
         (void)save_state(state);
         if (step == "view") clock.lap("view");

@@ -96,7 +96,6 @@ struct ViewKey {
 
 // What a mount records of its view (cli::ContainerdState's view fields).
 struct ViewRecord {
-  std::string lease_id;  // only a record of an earlier version's names one
   std::string view_key;
   std::vector<std::string> view_mounts;
   std::optional<cli::DevmapperState> devmapper;

@@ -720,8 +720,8 @@ TEST_F(DaemonTest, TheRuntimesBundleCallIsReadAsTheFullCommandLineReadsIt) {
     EXPECT_EQ(mounted_as(args), full) << args[1] << " " << args[2];
   // A mount by container and mountpoint only (no bundle), both ways.
   const auto by_container = [&](bool full_parser) {
-    std::vector<std::string> args = {"mount", "--address", socket, "-n", ns_, "--container",
-                                     ids[0], mnt};
+    std::vector<std::string> args = {"mount", "--address",   socket, "-n",
+                                     ns_,     "--container", ids[0], mnt};
     if (full_parser) args.insert(args.begin() + 1, {"--timeout", "10000"});
     return mounted_as(args);
   };
